@@ -1,0 +1,21 @@
+// kiln: include this one header to use the whole library.
+#pragma once
+
+#include "autograd/function.h"
+#include "autograd/ops.h"
+#include "autograd/parameter.h"
+#include "autograd/safetensors.h"
+#include "kernels/allocator.h"
+#include "nn/attention.h"
+#include "nn/checkpoint.h"
+#include "nn/containers.h"
+#include "nn/generation.h"
+#include "nn/init.h"
+#include "nn/transformer.h"
+#include "optim/optim.h"
+#include "data/bpe_tokenizer.h"
+#include "data/char_tokenizer.h"
+#include "data/idx.h"
+#include "data/loader.h"
+#include "data/prepare.h"
+#include "data/token_shard.h"
