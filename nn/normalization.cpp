@@ -1,0 +1,30 @@
+// LayerNorm and RMSNorm modules around the fused ops.
+#include "nn/normalization.h"
+
+#include "autograd/ops.h"
+
+namespace kiln::nn {
+
+LayerNorm::LayerNorm(int64_t size, double epsilon, bool affine, bool with_bias)
+    : Module("LayerNorm"), features(size), eps(epsilon) {
+  KILN_CHECK(size > 0, "LayerNorm: features must be positive, got ", size);
+  if (affine) {
+    weight = register_parameter("weight", ones({size}), ParameterInfo{.weight_decay = false});
+    if (with_bias) bias = register_parameter("bias", zeros({size}), ParameterInfo{.weight_decay = false});
+  }
+}
+
+Tensor LayerNorm::forward(const Tensor& x) {
+  return with_hooks(x, [&] { return layer_norm(x, weight, bias, eps); });
+}
+
+RMSNorm::RMSNorm(int64_t size, double epsilon) : Module("RMSNorm"), features(size), eps(epsilon) {
+  KILN_CHECK(size > 0, "RMSNorm: features must be positive, got ", size);
+  weight = register_parameter("weight", ones({size}), ParameterInfo{.weight_decay = false});
+}
+
+Tensor RMSNorm::forward(const Tensor& x) {
+  return with_hooks(x, [&] { return rms_norm(x, weight, eps); });
+}
+
+}  // namespace kiln::nn

@@ -1,0 +1,122 @@
+// Gradient norm, clipping and non-finite detection on the CPU kernels of
+// kernels/cpu/optimizer_kernels.h.
+#include "optim/clip_grad.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "autograd/grad_mode.h"
+#include "kernels/cpu/optimizer_kernels.h"
+#include "optim/optimizer.h"
+
+namespace kiln::optim {
+namespace {
+
+// The defined gradient of `parameter`, checked to be a CPU f32/f64 tensor; undefined when none.
+Tensor checked_grad(const NamedParameter& parameter, const char* op) {
+  Tensor grad = parameter.tensor.grad();
+  if (!grad.defined()) return grad;
+  KILN_CHECK(grad.device().is_cpu(), op, ": the gradient of '", parameter.name, "' is on ", grad.device().str(),
+             "; gradient clipping runs on the CPU only for now");
+  KILN_CHECK(grad.dtype() == DType::f32 || grad.dtype() == DType::f64, op, ": the gradient of '", parameter.name,
+             "' has dtype ", dtype_name(grad.dtype()), " (expected f32 or f64)");
+  return grad;
+}
+
+double local_squared_norm(const NamedParameters& parameters, const char* op) {
+  double total = 0.0;
+  for (const NamedParameter& parameter : parameters) {
+    Tensor grad = checked_grad(parameter, op);
+    if (!grad.defined()) continue;
+    Tensor values = grad.contiguous();
+    with_value_type(values.dtype(), [&](auto value) {
+      using T = decltype(value);
+      total += kernels::cpu::sum_of_squares(values.data<T>(), values.numel());
+    });
+  }
+  return total;
+}
+
+double total_norm(const NamedParameters& parameters, const std::function<double(double)>& reduce, const char* op) {
+  double squared = local_squared_norm(parameters, op);
+  if (reduce) squared = reduce(squared);
+  return std::sqrt(squared);
+}
+
+std::string join(const std::vector<std::string>& names) {
+  std::ostringstream out;
+  for (size_t i = 0; i < names.size(); ++i) out << (i ? ", " : "") << names[i];
+  return out.str();
+}
+
+}  // namespace
+
+double grad_norm(const NamedParameters& parameters, const std::function<double(double)>& reduce_squared_norm) {
+  return total_norm(parameters, reduce_squared_norm, "grad_norm");
+}
+
+double clip_grad_norm(const NamedParameters& parameters, double max_norm, const ClipGradNormOptions& options) {
+  check_positive("clip_grad_norm", "max_norm", max_norm);
+  double norm = total_norm(parameters, options.reduce_squared_norm, "clip_grad_norm");
+  if (!std::isfinite(norm)) {
+    if (!options.error_if_nonfinite) return norm;
+    std::vector<std::string> bad = nonfinite_gradients(parameters);
+    KILN_FAIL("clip_grad_norm: the total gradient norm is ", norm, "; ",
+              bad.empty() ? std::string("every local gradient is finite (the non-finite values come from "
+                                        "reduce_squared_norm, i.e. another rank, or the sum overflowed)")
+                          : "non-finite gradients in: " + join(bad));
+  }
+  double coefficient = max_norm / (norm + 1e-6);
+  if (coefficient >= 1.0) return norm;
+  NoGradGuard no_grad;
+  for (const NamedParameter& parameter : parameters) {
+    Tensor grad = parameter.tensor.grad();
+    if (!grad.defined()) continue;
+    if (!grad.is_contiguous()) {
+      grad.mul_(coefficient);
+      continue;
+    }
+    with_value_type(grad.dtype(), [&](auto value) {
+      using T = decltype(value);
+      kernels::cpu::scale(grad.data<T>(), grad.numel(), coefficient);
+    });
+    grad.bump_version();
+  }
+  return norm;
+}
+
+void clip_grad_value(const NamedParameters& parameters, double clip_value) {
+  check_positive("clip_grad_value", "clip_value", clip_value);
+  NoGradGuard no_grad;
+  for (const NamedParameter& parameter : parameters) {
+    Tensor grad = checked_grad(parameter, "clip_grad_value");
+    if (!grad.defined()) continue;
+    if (!grad.is_contiguous()) {
+      grad.clamp_(-clip_value, clip_value);
+      continue;
+    }
+    with_value_type(grad.dtype(), [&](auto value) {
+      using T = decltype(value);
+      kernels::cpu::clamp(grad.data<T>(), grad.numel(), -clip_value, clip_value);
+    });
+    grad.bump_version();
+  }
+}
+
+std::vector<std::string> nonfinite_gradients(const NamedParameters& parameters) {
+  std::vector<std::string> names;
+  for (const NamedParameter& parameter : parameters) {
+    Tensor grad = checked_grad(parameter, "nonfinite_gradients");
+    if (!grad.defined()) continue;
+    Tensor values = grad.contiguous();
+    bool finite = true;
+    with_value_type(values.dtype(), [&](auto value) {
+      using T = decltype(value);
+      finite = kernels::cpu::all_finite(values.data<T>(), values.numel());
+    });
+    if (!finite) names.push_back(parameter.name);
+  }
+  return names;
+}
+
+}  // namespace kiln::optim
