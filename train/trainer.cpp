@@ -1,0 +1,280 @@
+// Trainer: construction, the optimizer step and the run loop. Checkpointing, evaluation and
+// logging live in trainer_io.cpp.
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "autograd/ops.h"
+#include "optim/optim.h"
+#include "train/metrics_log.h"
+#include "train/signals.h"
+#include "train/tensorboard_writer.h"
+
+namespace kiln::train {
+
+namespace {
+
+std::unique_ptr<optim::Optimizer> make_optimizer(const std::string& type, std::vector<optim::ParamGroup> groups,
+                                                 const optim::OptimizerOptions& options) {
+  if (type == "adamw") return std::make_unique<optim::AdamW>(groups, dynamic_cast<const optim::AdamWOptions&>(options));
+  if (type == "adam") return std::make_unique<optim::Adam>(groups, dynamic_cast<const optim::AdamOptions&>(options));
+  if (type == "sgd") return std::make_unique<optim::SGD>(groups, dynamic_cast<const optim::SGDOptions&>(options));
+  if (type == "rmsprop") {
+    return std::make_unique<optim::RMSprop>(groups, dynamic_cast<const optim::RMSpropOptions&>(options));
+  }
+  if (type == "adagrad") {
+    return std::make_unique<optim::Adagrad>(groups, dynamic_cast<const optim::AdagradOptions&>(options));
+  }
+  KILN_FAIL("optimizer.type: unknown optimizer '", type, "'");
+}
+
+std::vector<std::string> shard_paths(const std::string& dir, const std::vector<std::string>& names) {
+  std::vector<std::string> paths;
+  for (const std::string& name : names) paths.push_back((std::filesystem::path(dir) / name).string());
+  return paths;
+}
+
+// Each rank's dropout stream: distinct per rank, fixed by the seed.
+uint64_t dropout_seed(uint64_t seed, int rank) { return seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(rank + 1); }
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainConfig config, std::shared_ptr<parallel::Communicator> world, TrainerOptions options)
+    : config_(std::move(config)),
+      world_(std::move(world)),
+      options_(options),
+      progress_(options.out, options.quiet ? "off" : config_.logging.progress_bar) {
+  KILN_CHECK(world_ != nullptr, "Trainer: no communicator");
+  rank_ = world_->rank();
+  world_size_ = world_->size();
+  KILN_CHECK(config_.parallel.data_parallel == 0 || config_.parallel.data_parallel == world_size_,
+             "parallel.data_parallel is ", config_.parallel.data_parallel, " but the job has ", world_size_,
+             " ranks (the trainer runs data parallelism over the whole world; use 0 for 'all ranks')");
+  micro_batch_ = config_.micro_batch_size(world_size_);
+  run_dir_ = config_.out_dir;
+
+  tokenizer_ = data::load_tokenizer((std::filesystem::path(config_.data.dir) / config_.data.tokenizer).string());
+  if (config_.vocab_from_tokenizer) {
+    config_.model.vocab_size = tokenizer_->vocab_size();
+    config_.model.resolve();
+  }
+  KILN_CHECK(tokenizer_->vocab_size() <= config_.model.vocab_size, "model.vocab_size ", config_.model.vocab_size,
+             " is smaller than the tokenizer's ", tokenizer_->vocab_size(), " tokens");
+  build_model_and_optimizer();
+
+  const int64_t seq_len = config_.model.block_size;
+  train_loader_ = std::make_unique<data::DataLoader>(
+      shard_paths(config_.data.dir, config_.data.train),
+      data::DataLoaderOptions(micro_batch_, seq_len)
+          .shuffle(config_.data.shuffle)
+          .seed(config_.seed)
+          .rank(rank_, world_size_)
+          .prefetch(config_.data.prefetch)
+          .vocab_size(config_.model.vocab_size));
+  KILN_CHECK(train_loader_->batches_per_epoch() > 0, "data.train: the shards hold ", train_loader_->windows(),
+             " windows of ", seq_len + 1, " tokens, fewer than one global micro-batch of ", micro_batch_ * world_size_);
+  if (!config_.data.val.empty()) {
+    val_loader_ = std::make_unique<data::DataLoader>(shard_paths(config_.data.dir, config_.data.val),
+                                                     data::DataLoaderOptions(micro_batch_, seq_len)
+                                                         .rank(rank_, world_size_)
+                                                         .prefetch(0)
+                                                         .vocab_size(config_.model.vocab_size));
+  }
+
+  if (options_.resume_from) restore(*options_.resume_from);
+
+  if (rank_ == 0) {
+    std::filesystem::create_directories(run_dir_);
+    data::write_file_atomically((run_dir_ / "config.json").string(), config_.to_json().dump(2) + "\n", "kiln-train");
+    tokenizer_->save((run_dir_ / "tokenizer.json").string());
+    bool resumed = options_.resume_from.has_value();
+    if (config_.logging.jsonl) metrics_ = std::make_unique<MetricsLog>(run_dir_ / "metrics.jsonl", resumed);
+    if (config_.logging.tensorboard) tensorboard_ = std::make_unique<TensorBoardWriter>(run_dir_ / "tensorboard");
+  }
+  // No rank reads the run directory before rank 0 has made it.
+  world_->barrier();
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::build_model_and_optimizer() {
+  // Every rank draws the same initial parameters from the seed; then each continues with its own
+  // dropout stream.
+  generator_.manual_seed(config_.seed);
+  model_ = std::make_shared<nn::Transformer>(config_.model, &generator_);
+  model_->train();
+  generator_.manual_seed(dropout_seed(config_.seed, rank_));
+
+  NamedParameters parameters = model_->named_parameters();
+  auto bucket_bytes = static_cast<int64_t>(config_.parallel.bucket_mb * 1024 * 1024);
+  if (config_.parallel.zero_stage > 0) {
+    const std::string type = config_.optimizer_type;
+    std::shared_ptr<const optim::OptimizerOptions> options = config_.optimizer;
+    zero_ = std::make_unique<parallel::ZeroOptimizer>(
+        *model_, world_, optim::weight_decay_groups(parameters),
+        [type, options](std::vector<optim::ParamGroup> groups) { return make_optimizer(type, std::move(groups), *options); },
+        parallel::ZeroOptions().stage(static_cast<int>(config_.parallel.zero_stage)).bucket_bytes(bucket_bytes));
+  } else {
+    optimizer_ = make_optimizer(config_.optimizer_type, optim::weight_decay_groups(parameters), *config_.optimizer);
+    // Alone, gradients need no averaging (and DDP's bucket copies would be pure overhead).
+    if (world_size_ > 1) {
+      ddp_ = std::make_unique<parallel::DistributedDataParallel>(*model_, world_,
+                                                                 parallel::DDPOptions().bucket_bytes(bucket_bytes));
+    }
+  }
+  schedule_ = optim::schedule_from_json(config_.schedule, "schedule");
+
+  int64_t counted = model_->count_parameters();
+  if (model_->position_embedding) counted -= model_->position_embedding->weight.numel();
+  flops_per_token_ = flops_per_token(config_.model, counted, config_.model.block_size);
+}
+
+void Trainer::zero_grad() {
+  if (zero_) {
+    zero_->zero_grad();
+  } else {
+    optimizer_->zero_grad();
+  }
+}
+
+StepStats Trainer::step() {
+  auto start = std::chrono::steady_clock::now();
+  schedule_->apply(optimizer(), step_);
+  const int64_t micro_steps = config_.training.grad_accumulation;
+  double loss_sum = 0.0;
+  for (int64_t micro = 0; micro < micro_steps; ++micro) {
+    data::Batch batch = train_loader_->next();
+    auto backward = [&] {
+      Tensor loss = model_->loss(batch.inputs, batch.targets);  // (B, T) -> scalar
+      loss_sum += loss.item();
+      (micro_steps > 1 ? loss * (1.0 / static_cast<double>(micro_steps)) : loss).backward();
+    };
+    // DDP communicates only in the last micro-step's backward, with the accumulated gradients.
+    if (ddp_ && micro + 1 < micro_steps) {
+      auto local_only = ddp_->no_sync();
+      backward();
+    } else {
+      backward();
+    }
+  }
+  if (ddp_) ddp_->synchronize();
+  bool stop_here = stop_requested_ || stop_signal() != 0;
+  // The step's loss, averaged over ranks, and whether any rank was asked to stop.
+  Tensor shared = from_vector(std::vector<double>{loss_sum / static_cast<double>(micro_steps), stop_here ? 1.0 : 0.0},
+                              {2}, TensorOptions(DType::f64));
+  world_->all_reduce(shared, parallel::ReduceOp::avg);
+  std::vector<double> agreed = shared.to_vector<double>();
+  stop_agreed_ = agreed[1] > 0.0;
+
+  StepStats stats;
+  stats.step = step_ + 1;
+  stats.max_steps = config_.training.max_steps;
+  stats.loss = agreed[0];
+  stats.lr = optimizer().lr(0);
+  NamedParameters parameters = model_->named_parameters();
+  if (zero_) {
+    // The global norm from the shards (the full gradients no longer exist at stages 2 and 3).
+    stats.grad_norm = config_.training.grad_clip > 0 ? zero_->clip_grad_norm(config_.training.grad_clip) : zero_->grad_norm();
+  } else if (config_.training.grad_clip > 0) {
+    optim::ClipGradNormOptions clip;
+    clip.error_if_nonfinite = false;
+    stats.grad_norm = optim::clip_grad_norm(parameters, config_.training.grad_clip, clip);
+  } else {
+    stats.grad_norm = optim::grad_norm(parameters);
+  }
+  if (std::isfinite(stats.loss) && std::isfinite(stats.grad_norm)) {
+    if (zero_) {
+      zero_->step();
+    } else {
+      optimizer_->step();
+    }
+  } else if (config_.training.on_nonfinite == "skip") {
+    stats.skipped = true;
+  } else {
+    std::vector<std::string> bad = zero_ ? std::vector<std::string>() : optim::nonfinite_gradients(parameters);
+    std::string names;
+    for (size_t i = 0; i < bad.size() && i < 5; ++i) names += (i ? ", " : "") + bad[i];
+    if (bad.size() > 5) names += ", ...";
+    zero_grad();
+    // printf's "-nan" for a NaN with its sign bit set is noise in a message.
+    auto show = [](double value) { return std::isnan(value) ? std::string("nan") : optim::format_value(value); };
+    KILN_FAIL("step ", stats.step, ": non-finite loss ", show(stats.loss), " or grad norm ", show(stats.grad_norm),
+              bad.empty() ? std::string() : " (non-finite gradients in " + names + ")",
+              "; stopping the run (set training.on_nonfinite to \"skip\" to skip such steps instead)");
+  }
+  zero_grad();
+  ++step_;
+
+  stats.step_seconds = seconds_since(start);
+  seconds_in_steps_ += stats.step_seconds;
+  ++steps_this_session_;
+  double mean_step = seconds_in_steps_ / static_cast<double>(steps_this_session_);
+  stats.tokens_per_second = tokens_per_step() / std::max(stats.step_seconds, 1e-9);
+  stats.mfu = flops_per_token_ * stats.tokens_per_second / (config_.logging.peak_flops * world_size_);
+  stats.eta_seconds = mean_step * static_cast<double>(config_.training.max_steps - step_);
+  return stats;
+}
+
+TrainResult Trainer::run() {
+  auto start = std::chrono::steady_clock::now();
+  TrainResult result;
+  print(describe());
+  double interval_seconds = 0.0;  // step time since the last progress line (for its tokens/s)
+  int64_t interval_steps = 0;
+  while (step_ < config_.training.max_steps) {
+    StepStats stats = step();
+    stats.elapsed_seconds = seconds_since(start);
+    interval_seconds += stats.step_seconds;
+    ++interval_steps;
+    result.last_loss = stats.loss;
+    if (stats.skipped) ++result.skipped_steps;
+    const bool last = step_ == config_.training.max_steps;
+    const bool stopping = stop_agreed_ && !last;
+
+    std::optional<double> val_loss;
+    bool eval_due = config_.eval.interval > 0 && step_ % config_.eval.interval == 0;
+    if (val_loader_ && (eval_due || last || stopping)) {
+      val_loss = evaluate();
+      result.last_val_loss = val_loss;
+    }
+    log_step(stats, val_loss);
+    if (step_ % config_.logging.interval == 0 || step_ == 1 || last || stopping) {
+      // The line shows the tokens/s of the whole interval, not just its last step.
+      StepStats line = stats;
+      line.tokens_per_second = tokens_per_step() * static_cast<double>(interval_steps) / std::max(interval_seconds, 1e-9);
+      line.mfu = flops_per_token_ * line.tokens_per_second / (config_.logging.peak_flops * world_size_);
+      print(format_progress_line(line));
+      if (val_loss) print(format_eval_line(step_, *val_loss));
+      interval_seconds = 0.0;
+      interval_steps = 0;
+    } else if (val_loss) {
+      print(format_eval_line(step_, *val_loss));
+    }
+    if (rank_ == 0 && !options_.quiet) progress_.update_bar(stats);
+    if (on_step) on_step(stats);
+
+    bool sample_due = config_.eval.sample_interval > 0 && step_ % config_.eval.sample_interval == 0;
+    if (config_.eval.samples > 0 && (sample_due || last)) print_samples();
+    bool checkpoint_due = config_.checkpoint.interval > 0 && step_ % config_.checkpoint.interval == 0;
+    if (checkpoint_due || ((last || stopping) && config_.checkpoint.final)) result.last_checkpoint = save();
+    if (stopping) {
+      result.interrupted = true;
+      result.stop_signal = stop_signal();
+      print("stopped after step " + std::to_string(step_) + (result.stop_signal ? " (signal)" : " (request)") +
+            (result.last_checkpoint ? "; checkpoint " + result.last_checkpoint->string() : ""));
+      break;
+    }
+  }
+  if (rank_ == 0 && !options_.quiet) progress_.finish();
+  if (tensorboard_) tensorboard_->flush();
+  result.steps = step_;
+  result.seconds = seconds_since(start);
+  return result;
+}
+
+}  // namespace kiln::train

@@ -1,0 +1,147 @@
+// Trainer: the pretraining loop behind kiln-train, usable from any program.
+//
+//   parallel::World world = parallel::init();
+//   train::Trainer trainer(train::TrainConfig::from_file("configs/shakespeare_char.json"),
+//                          world.communicator);
+//   train::TrainResult result = trainer.run();
+//
+// One optimizer step: for each of grad_accumulation micro-steps, a (micro_batch, T) batch from
+// this rank's slice of the data, forward, backward of loss / grad_accumulation; the gradients
+// are averaged over the data-parallel ranks, by DDP (parallel.zero_stage 0: buckets all-reduced
+// during the last micro-step's backward) or ZeRO (stages 1-3: reduce-scattered to the ranks
+// that own them, which alone update their shard of the optimizer state); then clipped by the
+// global norm, checked for NaN/Inf, and applied with the schedule's lr. N ranks with
+// micro-batch B compute what one rank computes with micro-batch N B.
+//
+// Around the steps: validation every eval.interval steps, sampled text every
+// eval.sample_interval (rank 0 prints), checkpoints every checkpoint.interval (rank 0 writes
+// the model; with ZeRO every rank writes its optimizer shard), progress lines, metrics.jsonl and TensorBoard scalars (rank 0).
+// A stop request (request_stop(), or SIGINT/SIGTERM once install_stop_handlers() was called)
+// finishes the current step, saves a final checkpoint and returns with interrupted = true.
+//
+// Resuming (TrainerOptions::resume_from) restores parameters, optimizer state, the step, the
+// loader position and every rank's RNG state, so a run stopped at step k and resumed gives
+// bit-identical losses and parameters to one that never stopped.
+#pragma once
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "autograd/generator.h"
+#include "data/loader.h"
+#include "data/tokenizer.h"
+#include "nn/transformer.h"
+#include "optim/optimizer.h"
+#include "optim/schedule.h"
+#include "parallel/communicator.h"
+#include "parallel/ddp.h"
+#include "parallel/zero.h"
+#include "train/config.h"
+#include "train/progress.h"
+
+namespace kiln::train {
+
+class MetricsLog;
+class TensorBoardWriter;
+
+struct TrainerOptions {
+  // A checkpoint directory or a run directory (its latest checkpoint) to continue from.
+  std::optional<std::filesystem::path> resume_from;
+  std::FILE* out = stdout;  // progress, evaluations and samples (rank 0 only)
+  bool quiet = false;       // no console output at all (tests)
+};
+
+struct TrainResult {
+  int64_t steps = 0;                  // completed optimizer steps (of the whole run)
+  double last_loss = 0.0;
+  std::optional<double> last_val_loss;
+  int64_t skipped_steps = 0;          // non-finite steps skipped (training.on_nonfinite = "skip")
+  bool interrupted = false;           // stopped by request or signal before max_steps
+  int stop_signal = 0;                // the signal that stopped it, or 0
+  std::optional<std::filesystem::path> last_checkpoint;
+  double seconds = 0.0;
+};
+
+class Trainer {
+ public:
+  // Loads the tokenizer, builds the model (or restores it), the optimizer and the loaders.
+  // The world communicator's ranks all construct a Trainer with the same config.
+  Trainer(TrainConfig config, std::shared_ptr<parallel::Communicator> world, TrainerOptions options = {});
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Trains up to training.max_steps (from wherever the trainer is). Throws kiln::Error on a
+  // non-finite step when training.on_nonfinite is "stop", naming the step.
+  TrainResult run();
+  // One optimizer step; returns its statistics (rank-independent except timings).
+  StepStats step();
+  // Mean validation loss over eval.batches global batches (every rank gets the same value).
+  double evaluate();
+  // Saves a checkpoint of the current state (collective: every rank must call it).
+  std::filesystem::path save();
+  // Asks run() to stop (thread- and callback-safe). Ranks agree on it through the next gradient
+  // all-reduce: called during a step, that step is the last; called from on_step, the next one.
+  void request_stop() { stop_requested_ = true; }
+
+  // Called on every rank after each step, with the step's statistics.
+  std::function<void(const StepStats&)> on_step;
+
+  const TrainConfig& config() const { return config_; }
+  nn::Transformer& model() { return *model_; }
+  // The optimizer the schedule drives (with ZeRO, the one over this rank's shards).
+  optim::Optimizer& optimizer() { return zero_ ? zero_->optimizer() : *optimizer_; }
+  const data::Tokenizer& tokenizer() const { return *tokenizer_; }
+  int64_t steps_done() const { return step_; }
+  const std::filesystem::path& run_dir() const { return run_dir_; }
+
+ private:
+  void build_model_and_optimizer();
+  void zero_grad();
+  void restore(const std::filesystem::path& path);
+  // Every rank's RNG state, gathered (collective).
+  nlohmann::json rng_states();
+  // The run's header: model size, layout, batch, tokens per step, resume point.
+  std::string describe() const;
+  double tokens_per_step() const {
+    return static_cast<double>(config_.training.batch_size * config_.model.block_size);
+  }
+  // Rank 0, unless quiet.
+  void print(const std::string& line);
+  void log_step(const StepStats& stats, std::optional<double> val_loss);
+  void print_samples();
+
+  TrainConfig config_;
+  std::shared_ptr<parallel::Communicator> world_;
+  TrainerOptions options_;
+  int rank_ = 0, world_size_ = 1;
+  int64_t micro_batch_ = 0;
+  std::filesystem::path run_dir_;
+
+  std::unique_ptr<data::Tokenizer> tokenizer_;
+  Generator generator_;  // parameter init, then this rank's dropout stream
+  std::shared_ptr<nn::Transformer> model_;
+  std::unique_ptr<optim::Optimizer> optimizer_;       // parallel.zero_stage 0
+  std::unique_ptr<parallel::ZeroOptimizer> zero_;      // stages 1-3
+  std::unique_ptr<parallel::DistributedDataParallel> ddp_;  // stage 0 with more than one rank
+  std::optional<optim::LrSchedule> schedule_;
+  std::unique_ptr<data::DataLoader> train_loader_, val_loader_;
+  std::unique_ptr<MetricsLog> metrics_;           // rank 0
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0
+  ProgressPrinter progress_;
+
+  int64_t step_ = 0;  // optimizer steps completed
+  double flops_per_token_ = 0.0;
+  std::atomic<bool> stop_requested_{false};
+  bool stop_agreed_ = false;  // the last step's all-reduced stop flag
+  double seconds_in_steps_ = 0.0;
+  int64_t steps_this_session_ = 0;
+};
+
+}  // namespace kiln::train
