@@ -12,6 +12,7 @@ packages=(
   zlib1g-dev                  # gzip decompression for the Fashion-MNIST IDX files
   dataset-fashion-mnist       # Fashion-MNIST in IDX format (/usr/share/datasets/fashion-mnist)
   python3-torch python3-numpy # the reference oracle for parity tests (Debian's /usr/bin/python3)
+  gnuplot-nox                 # kiln-compare's PNG plots (optional: without it the plots are skipped)
 )
 
 missing=()
