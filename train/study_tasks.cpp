@@ -291,7 +291,7 @@ class CharGptTask : public StudyTask {
 };
 
 std::unique_ptr<StudyTask> make_char_gpt(JsonReader& reader) {
-  std::string text_path = "/work/shared/data/tinyshakespeare.txt";
+  std::string text_path = "../shared/data/tinyshakespeare.txt";
   int64_t seq_len = 64, eval_batches = 8, eval_batch_size = 32;
   double val_fraction = 0.1;
   reader.read("text", text_path);

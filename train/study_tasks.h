@@ -5,7 +5,7 @@
 //   "task": {"type": "fashion_mnist", "model": "logistic" | "mlp", "hidden": 1000, "layers": 2,
 //            "dropout": 0.5, "train_examples": 60000, "test_examples": 10000, "directory": ...}
 //   "task": {"type": "gaussian_blobs", "model": ..., "classes": 4, "features": 16, ...}   (tests)
-//   "task": {"type": "char_gpt", "text": "/work/shared/data/tinyshakespeare.txt", "seq_len": 64,
+//   "task": {"type": "char_gpt", "text": "../shared/data/tinyshakespeare.txt", "seq_len": 64,
 //            "val_fraction": 0.1, "eval_batches": 8, "model": {...nn::TransformerConfig...}}
 //
 // For classification "test" is the held-out test split; for char_gpt it is the validation split
