@@ -2,8 +2,8 @@
 //
 //   kiln-compare configs/optim/fashion_mnist_mlp.json [--full] [--out DIR] [--set key.path=value]
 //
-// Writes DIR/runs/run_NNN.jsonl (one per run), DIR/results.csv, DIR/report.md and, when gnuplot
-// is installed, DIR/loss_vs_step.png, DIR/loss_vs_time.png and a heatmap per two-parameter grid.
+// Writes DIR/runs/run_NNN.jsonl (one per run), DIR/results.csv, DIR/timings.csv, DIR/report.md
+// and, when gnuplot is installed, DIR/loss_vs_step.png, DIR/loss_vs_time.png and a heatmap per two-parameter grid.
 // DIR defaults to the config's out_dir. The work is in train/study_*.cpp; this program parses
 // arguments and reports progress.
 #include <cstdio>
@@ -88,9 +88,10 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     });
     write_file(out_dir / "results.csv", train::results_csv(study));
+    write_file(out_dir / "timings.csv", train::timings_csv(study));
     train::PlotOutcome plots = train::write_plots(study, out_dir);
     write_file(out_dir / "report.md", train::markdown_report(study, plots.files, command));
-    std::printf("kiln-compare: %zu runs in %.1f s; wrote %s/results.csv, report.md, runs/*.jsonl\n", study.runs.size(),
+    std::printf("kiln-compare: %zu runs in %.1f s; wrote %s/results.csv, timings.csv, report.md, runs/*.jsonl\n", study.runs.size(),
                 study.seconds, out_dir.string().c_str());
     if (plots.message.empty()) {
       for (const std::string& file : plots.files) std::printf("  %s/%s\n", out_dir.string().c_str(), file.c_str());

@@ -181,8 +181,7 @@ std::vector<size_t> best_points(const StudyResult& study, const std::vector<Poin
 std::string results_csv(const StudyResult& study) {
   std::ostringstream out;
   out << "run,optimizer,type,hyperparameters,seed,steps,diverged,final_train_loss,final_train_accuracy,"
-         "final_test_loss,final_test_accuracy,best_train_loss,best_test_loss,best_test_accuracy,steps_to_target,"
-         "seconds,seconds_to_target\n";
+         "final_test_loss,final_test_accuracy,best_train_loss,best_test_loss,best_test_accuracy,steps_to_target\n";
   for (const RunResult& run : study.runs) {
     const GridPoint& point = study.points[run.spec.point];
     const StudyOptimizer& optimizer = study.config.optimizers[point.optimizer];
@@ -201,8 +200,20 @@ std::string results_csv(const StudyResult& study) {
         << run.spec.seed << "," << last.step << "," << (run.diverged ? 1 : 0) << "," << number(last.train_loss) << ","
         << number(last.train_accuracy) << "," << number(last.test_loss) << "," << number(last.test_accuracy) << ","
         << number(best_train) << "," << number(best_test) << "," << number(best_acc) << ","
-        << (hit ? std::to_string(hit->step) : std::string()) << "," << number(run.seconds) << ","
-        << (hit ? number(hit->seconds) : std::string()) << "\n";
+        << (hit ? std::to_string(hit->step) : std::string()) << "\n";
+  }
+  return out.str();
+}
+
+std::string timings_csv(const StudyResult& study) {
+  std::ostringstream out;
+  out << "run,seconds,seconds_to_target\n";
+  for (const RunResult& run : study.runs) {
+    std::optional<CurvePoint> hit;
+    if (study.config.target.value > 0) {
+      hit = first_reaching(run.curve, study.config.target.metric, study.config.target.value);
+    }
+    out << run.spec.index << "," << number(run.seconds) << "," << (hit ? number(hit->seconds) : std::string()) << "\n";
   }
   return out.str();
 }

@@ -40,8 +40,11 @@ std::vector<PointSummary> summarize_points(const StudyResult& study);
 // For each optimizer (config order), the index into summaries of its best grid point.
 std::vector<size_t> best_points(const StudyResult& study, const std::vector<PointSummary>& summaries);
 
-// results.csv: a header line, then one line per run.
+// results.csv: a header line, then one line per run. It holds no wall-clock times, so the same
+// config run twice gives the same file byte for byte.
 std::string results_csv(const StudyResult& study);
+// timings.csv: each run's training seconds and seconds to the target (wall clock).
+std::string timings_csv(const StudyResult& study);
 // The Markdown report; `plots` are PNG file names (relative to the report) to embed, and
 // `command` is the command line that produced the study, quoted in the report.
 std::string markdown_report(const StudyResult& study, const std::vector<std::string>& plots,
