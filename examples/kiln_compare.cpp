@@ -3,8 +3,8 @@
 //   kiln-compare configs/optim/fashion_mnist_mlp.json [--full] [--out DIR] [--set key.path=value]
 //
 // Writes DIR/runs/run_NNN.jsonl (one per run), DIR/results.csv, DIR/timings.csv, DIR/report.md
-// and, when gnuplot is installed, DIR/loss_vs_step.png, DIR/loss_vs_time.png and a heatmap per two-parameter grid.
-// DIR defaults to the config's out_dir. The work is in train/study_*.cpp; this program parses
+// and, when gnuplot is installed, DIR/loss_vs_step.png, DIR/loss_vs_time.png and a heatmap per
+// two-parameter grid. DIR defaults to the config's out_dir. The work is in train/study_*.cpp; this program parses
 // arguments and reports progress.
 #include <cstdio>
 #include <fstream>
