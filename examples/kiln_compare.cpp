@@ -4,8 +4,8 @@
 //
 // Writes DIR/runs/run_NNN.jsonl (one per run), DIR/results.csv, DIR/timings.csv, DIR/report.md
 // and, when gnuplot is installed, DIR/loss_vs_step.png, DIR/loss_vs_time.png and a heatmap per
-// two-parameter grid. DIR defaults to the config's out_dir. The work is in train/study_*.cpp; this program parses
-// arguments and reports progress.
+// two-parameter grid. DIR defaults to the config's out_dir. The work is in train/study_*.cpp;
+// this program parses arguments and reports progress.
 #include <cstdio>
 #include <fstream>
 #include <string>
