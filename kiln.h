@@ -23,5 +23,8 @@
 #include "parallel/checkpoint.h"
 #include "parallel/ddp.h"
 #include "parallel/init.h"
+#include "parallel/mesh.h"
+#include "parallel/tp_layers.h"
+#include "parallel/tp_transformer.h"
 #include "parallel/zero.h"
 #include "train/trainer.h"
