@@ -284,3 +284,20 @@ TEST_CASE("Reading a ZeRO-3 parameter while it is sharded is an error, not a cra
   CHECK(weight.to_vector<float>().size() == static_cast<size_t>(weight.numel()));
   zero.reshard();
 }
+
+TEST_CASE("A NaN gradient on one rank makes ZeRO's global norm NaN on every rank", "[zero]") {
+  Communicator& group = world_group();
+  const int64_t rows = kGlobalBatch / group.size();
+  for (int stage : {1, 2, 3}) {
+    INFO("stage " << stage);
+    auto model = make_model("llama");
+    ZeroOptimizer zero(*model, world().communicator, optim::weight_decay_groups(model->named_parameters()), adamw().make,
+                       ZeroOptions().stage(stage).bucket_bytes(300));
+    Tensor loss = model->loss(batch_rows(0, group.rank() * rows, rows, false), batch_rows(0, group.rank() * rows, rows, true));
+    // Only the last rank's gradients are NaN; after the reduce-scatter every shard holds some.
+    (loss * (group.rank() == group.size() - 1 ? std::nan("") : 1.0)).backward();
+    double norm = zero.clip_grad_norm(1.0);
+    CHECK(std::isnan(norm));
+    zero.zero_grad();
+  }
+}
