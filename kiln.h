@@ -24,6 +24,7 @@
 #include "parallel/ddp.h"
 #include "parallel/init.h"
 #include "parallel/mesh.h"
+#include "parallel/tp_checkpoint.h"
 #include "parallel/tp_layers.h"
 #include "parallel/tp_transformer.h"
 #include "parallel/zero.h"

@@ -252,4 +252,47 @@ Tensor vocab_parallel_cross_entropy(const Tensor& logits, const Tensor& targets,
   return per_target.sum() / counted;
 }
 
+// ---- checkpoints across layouts -----------------------------------------------------------------
+
+Tensor ColumnParallelLinear::to_master(const Tensor& local) const {
+  Communicator& group = *group_;
+  NoGradGuard no_grad;
+  // The gather stacks the ranks' slices, each holding its part of every block: regroup by block.
+  Tensor gathered = gather_along(local.detach().contiguous(), 0, group);
+  std::vector<int64_t> blocks = options_.blocks();
+  if (blocks.empty()) blocks = {out_features};
+  const int64_t per_rank = local.size(0);
+  std::vector<Tensor> parts;
+  int64_t offset = 0;
+  for (int64_t block : blocks) {
+    const int64_t chunk = block / group.size();
+    for (int r = 0; r < group.size(); ++r) parts.push_back(gathered.narrow(0, r * per_rank + offset, chunk));
+    offset += chunk;
+  }
+  return cat(parts, 0);
+}
+
+Tensor ColumnParallelLinear::from_master(const Tensor& master) const {
+  return slice_blocks("ColumnParallelLinear", master, options_.blocks(), *group_).clone();
+}
+
+Tensor RowParallelLinear::to_master(const Tensor& local) const {
+  NoGradGuard no_grad;
+  return local.ndim() == 2 ? gather_along(local.detach().contiguous(), 1, *group_) : local.detach().clone();
+}
+
+Tensor RowParallelLinear::from_master(const Tensor& master) const {
+  NoGradGuard no_grad;
+  return master.ndim() == 2 ? slice_columns("RowParallelLinear", master, *group_) : master.detach().clone();
+}
+
+Tensor VocabParallelEmbedding::to_master(const Tensor& local) const {
+  NoGradGuard no_grad;
+  return gather_along(local.detach().contiguous(), 0, *group_);
+}
+
+Tensor VocabParallelEmbedding::from_master(const Tensor& master) const {
+  return slice_blocks("VocabParallelEmbedding", master, {}, *group_).clone();
+}
+
 }  // namespace kiln::parallel

@@ -86,6 +86,11 @@ class ColumnParallelLinear : public nn::Module {
   int64_t in_features, out_features;
   Tensor weight;  // (out / n, in), partition_dim 0
   Tensor bias;    // (out / n), partition_dim 0
+  // Checkpoints across layouts (collective over the group): the master tensor of one of this
+  // layer's parameters (or of a parameter-shaped optimizer buffer) from this rank's slice, and
+  // this rank's slice of a master tensor. 2-D tensors are weights, 1-D ones biases.
+  Tensor to_master(const Tensor& local) const;
+  Tensor from_master(const Tensor& master) const;
 
  private:
   ColumnParallelLinear(const std::pair<Tensor, Tensor>& master, Group group, ColumnParallelOptions options);
@@ -105,6 +110,11 @@ class RowParallelLinear : public nn::Module {
   int64_t in_features, out_features;
   Tensor weight;  // (out, in / n), partition_dim 1
   Tensor bias;    // (out), replicated: added once, after the reduction
+  // Checkpoints across layouts (collective over the group): the master tensor of one of this
+  // layer's parameters (or of a parameter-shaped optimizer buffer) from this rank's slice, and
+  // this rank's slice of a master tensor. 2-D tensors are weights, 1-D ones biases.
+  Tensor to_master(const Tensor& local) const;
+  Tensor from_master(const Tensor& master) const;
 
  private:
   RowParallelLinear(const std::pair<Tensor, Tensor>& master, Group group, RowParallelOptions options);
@@ -124,6 +134,11 @@ class VocabParallelEmbedding : public nn::Module {
   int64_t num_embeddings, embedding_dim;
   int64_t vocab_start, vocab_end;  // this rank's rows [vocab_start, vocab_end)
   Tensor weight;                   // (V / n, dim), partition_dim 0
+  // Checkpoints across layouts (collective over the group): the master tensor of one of this
+  // layer's parameters (or of a parameter-shaped optimizer buffer) from this rank's slice, and
+  // this rank's slice of a master tensor. 2-D tensors are weights, 1-D ones biases.
+  Tensor to_master(const Tensor& local) const;
+  Tensor from_master(const Tensor& master) const;
 
  private:
   Group group_;

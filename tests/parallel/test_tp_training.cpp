@@ -3,6 +3,7 @@
 // with SGD and momentum, Llama layout (RMSNorm, RoPE, SwiGLU, GQA, untied head) with AdamW;
 // TP = world size, and TP 2 x DP 2 at 4 ranks (DDP over the mesh's dp group); with and without
 // sequence parallelism. Losses each step and final parameters (gathered) within kTolerance.
+// Also checkpoints moved between TP = n and TP = 1 (tp_checkpoint.h).
 #include <string>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include "optim/optim.h"
 #include "parallel/ddp.h"
 #include "parallel/mesh.h"
+#include "parallel/tp_checkpoint.h"
 #include "parallel/tp_transformer.h"
 #include "tensor_parallel_test.h"
 
@@ -97,6 +99,55 @@ TEST_CASE("training: ParallelTransformer follows nn::Transformer for 10 steps") 
     for (bool sequence_parallel : {false, true}) {
       check_training(kind, MeshShape().tp(n), sequence_parallel);
       if (n == 4) check_training(kind, MeshShape().tp(2).dp(2), sequence_parallel);
+    }
+  }
+}
+
+// A checkpoint written by the TP = n run in master layout resumes alone (TP = 1), and the
+// single-process model's state loads back into TP = n: both continue as the unbroken run does.
+TEST_CASE("checkpoints: TP = n -> TP = 1 and TP = 1 -> TP = n continue identically") {
+  const Group group = world_ptr();
+  for (const OptimizerKind& kind : {sgd_momentum(), adamw()}) {
+    INFO(kind.name);
+    const nn::TransformerConfig config = lm_config(kind.family);
+    Generator generator(kSeed);
+    ParallelTransformer parallel(config, group, &generator);
+    auto parallel_optimizer = kind.make(groups_of(kind, parallel));
+    auto train = [&](nn::Module& model, optim::Optimizer& optimizer, int64_t from, int64_t to, auto loss_of) {
+      for (int64_t step = from; step < to; ++step) {
+        loss_of(lm_rows(step, 0, kLmBatch, false), lm_rows(step, 0, kLmBatch, true)).backward();
+        optimizer.step();
+        optimizer.zero_grad();
+      }
+    };
+    auto parallel_loss = [&](const Tensor& x, const Tensor& y) { return parallel.loss(x, y); };
+    train(parallel, *parallel_optimizer, 0, 4, parallel_loss);
+
+    // Save in master layout; TP = 1 resumes from it.
+    nn::StateDict weights = master_state_dict(parallel);
+    optim::OptimizerStateDict state = master_optimizer_state(parallel, parallel_optimizer->state_dict());
+    Generator other(kSeed + 1);
+    nn::Transformer alone(config, &other);
+    alone.load_state_dict(weights);
+    auto alone_optimizer = kind.make(groups_of(kind, alone));
+    alone_optimizer->load_state_dict(state);
+
+    // And TP = n resumes from the single-process model's own state_dicts.
+    Generator third(kSeed + 2);
+    ParallelTransformer resumed(config, group, &third);
+    load_master_state_dict(resumed, alone.state_dict());
+    auto resumed_optimizer = kind.make(groups_of(kind, resumed));
+    resumed_optimizer->load_state_dict(local_optimizer_state(resumed, alone_optimizer->state_dict()));
+
+    train(parallel, *parallel_optimizer, 4, 8, parallel_loss);
+    train(alone, *alone_optimizer, 4, 8, [&](const Tensor& x, const Tensor& y) { return alone.loss(x, y); });
+    train(resumed, *resumed_optimizer, 4, 8, [&](const Tensor& x, const Tensor& y) { return resumed.loss(x, y); });
+
+    nn::StateDict expected = master_state_dict(parallel), from_resumed = master_state_dict(resumed);
+    for (const auto& [name, tensor] : alone.state_dict()) {
+      REQUIRE(expected.count(name));
+      check_close(tensor.detach(), expected.at(name), kTolerance, "TP 1 resumed: " + name);
+      check_close(from_resumed.at(name), expected.at(name), kTolerance, "TP n resumed: " + name);
     }
   }
 }
