@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+from torch_gpt import GPT
 
 L, H, D, T, B = 4, 4, 128, 64, 12
 
@@ -27,46 +27,6 @@ def read_shard(path):
     header = np.fromfile(path, dtype="<i4", count=256)
     assert header[0] == 20240520 and header[1] == 1, f"{path}: not an llm.c uint16 shard"
     return np.fromfile(path, dtype="<u2", offset=256 * 4, count=int(header[2])).astype(np.int64)
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(D, elementwise_affine=True), nn.LayerNorm(D)
-        self.ln1.bias, self.ln2.bias = None, None
-        self.qkv, self.proj = nn.Linear(D, 3 * D, bias=False), nn.Linear(D, D, bias=False)
-        self.fc, self.fc_proj = nn.Linear(D, 4 * D, bias=False), nn.Linear(4 * D, D, bias=False)
-        self.register_buffer("mask", torch.ones(T, T, dtype=torch.bool).tril())
-
-    def forward(self, x):
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
-        q, k, v = (z.view(b, t, H, d // H).transpose(1, 2) for z in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(d // H)
-        att = att.masked_fill(~self.mask[:t, :t], float("-inf")).softmax(-1)
-        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
-        return x + self.fc_proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
-
-
-class GPT(nn.Module):
-    def __init__(self, vocab):
-        super().__init__()
-        self.wte, self.wpe = nn.Embedding(vocab, D), nn.Embedding(T, D)
-        self.blocks = nn.ModuleList(Block() for _ in range(L))
-        self.ln_f = nn.LayerNorm(D)
-        self.ln_f.bias = None
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * L))
-            elif p.dim() == 2:
-                nn.init.normal_(p, 0.0, 0.02)
-
-    def forward(self, idx, targets):
-        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-        for block in self.blocks:
-            x = block(x)
-        logits = F.linear(self.ln_f(x), self.wte.weight)
-        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
 
 
 def windows(tokens, order):
@@ -91,7 +51,7 @@ def main():
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())))
     torch.manual_seed(1337)
     rng = np.random.default_rng(1337)
-    model = GPT(vocab)
+    model = GPT(vocab, D, L, H, T, bias=False)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],

@@ -29,26 +29,27 @@ std::map<std::string, Owner> owners_of(const ParallelTransformer& model) {
   return owners;
 }
 
-Tensor to_master(const std::map<std::string, Owner>& owners, const std::string& name, const Tensor& local) {
+// Applies `convert` (to_master or from_master) of the layer that owns `name`; a replicated
+// tensor is the same in every layout and is copied.
+template <typename Convert>
+Tensor convert_for(const std::map<std::string, Owner>& owners, const std::string& name, const Tensor& tensor,
+                   Convert convert) {
   auto found = owners.find(name);
   if (found != owners.end()) {
-    if (found->second.column) return found->second.column->to_master(local);
-    if (found->second.row) return found->second.row->to_master(local);
-    if (found->second.vocab) return found->second.vocab->to_master(local);
+    if (found->second.column) return convert(*found->second.column, tensor);
+    if (found->second.row) return convert(*found->second.row, tensor);
+    if (found->second.vocab) return convert(*found->second.vocab, tensor);
   }
   NoGradGuard no_grad;
-  return local.detach().clone();
+  return tensor.detach().clone();
+}
+
+Tensor to_master(const std::map<std::string, Owner>& owners, const std::string& name, const Tensor& local) {
+  return convert_for(owners, name, local, [](const auto& layer, const Tensor& t) { return layer.to_master(t); });
 }
 
 Tensor from_master(const std::map<std::string, Owner>& owners, const std::string& name, const Tensor& master) {
-  auto found = owners.find(name);
-  if (found != owners.end()) {
-    if (found->second.column) return found->second.column->from_master(master);
-    if (found->second.row) return found->second.row->from_master(master);
-    if (found->second.vocab) return found->second.vocab->from_master(master);
-  }
-  NoGradGuard no_grad;
-  return master.detach().clone();
+  return convert_for(owners, name, master, [](const auto& layer, const Tensor& t) { return layer.from_master(t); });
 }
 
 // "<parameter>/<buffer>" -> "<parameter>".
