@@ -143,11 +143,12 @@ int main(int argc, char** argv) {
   try {
     status = run_training(arguments, world);
   } catch (const std::exception& error) {
-    // Ranks read the same config and agree on every step, so errors (a bad config, a NaN step)
-    // normally hit all of them at the same point and finalize() below does not wait on anyone.
     if (world.rank == 0) std::fprintf(stderr, "kiln-train: %s\n", error.what());
     else std::fprintf(stderr, "kiln-train (rank %d): %s\n", world.rank, error.what());
     std::fflush(stderr);
+    // An error on some ranks only (one that writes samples, one whose file is corrupt) would
+    // leave the others waiting in their next collective: end the whole job now instead.
+    if (world.size > 1) world.communicator->abort_job();
   }
   parallel::finalize();
   return status;

@@ -21,9 +21,9 @@ MoE::MoE(int64_t d_model, const MoEConfig& moe_config, Generator* generator) : M
   }
 }
 
-MoERouting MoE::route(const Tensor& x) const {
+MoERouting route_tokens(Linear& router, const MoEConfig& config, const Tensor& x) {
   MoERouting routing;
-  routing.logits = router->forward(x);  // (N, E)
+  routing.logits = router.forward(x);  // (N, E)
   int64_t tokens = x.size(0), count = config.n_experts;
   Tensor weights;
   if (config.scoring == RouterScoring::softmax) {
@@ -56,6 +56,33 @@ MoERouting MoE::route(const Tensor& x) const {
   return routing;
 }
 
+int64_t expert_capacity(const MoEConfig& config, int64_t assignments) {
+  if (config.capacity_factor <= 0.0) return assignments;
+  return static_cast<int64_t>(std::ceil(config.capacity_factor * static_cast<double>(assignments) /
+                                        static_cast<double>(config.n_experts)));
+}
+
+Tensor auxiliary_loss(const MoEConfig& config, const std::vector<int64_t>& tokens_per_expert, int64_t assignments,
+                      const Tensor& mean_probabilities, const Tensor& mean_square_logsumexp) {
+  const int64_t count = config.n_experts;
+  KILN_CHECK(static_cast<int64_t>(tokens_per_expert.size()) == count, "MoE auxiliary_loss: ", tokens_per_expert.size(),
+             " expert loads for ", count, " experts");
+  std::vector<double> fraction(static_cast<size_t>(count));
+  for (int64_t e = 0; e < count; ++e) {
+    fraction[static_cast<size_t>(e)] =
+        static_cast<double>(tokens_per_expert[static_cast<size_t>(e)]) / static_cast<double>(assignments);
+  }
+  Tensor fractions = from_vector(fraction, {}, TensorOptions(DType::f64).device(mean_probabilities.device()))
+                         .to(mean_probabilities.dtype());
+  // Switch balance loss: E * sum_i (fraction of assignments to i) * (mean probability of i).
+  Tensor balance = sum(mul(fractions, mean_probabilities)) * static_cast<double>(count);
+  Tensor aux = balance * config.aux_loss_weight;
+  if (config.z_loss_weight > 0.0) aux = add(aux, mean_square_logsumexp * config.z_loss_weight);
+  return aux;
+}
+
+MoERouting MoE::route(const Tensor& x) const { return route_tokens(*router, config, x); }
+
 Tensor MoE::forward(const Tensor& input) {
   return with_hooks(input, [&] {
     int64_t d_model = input.size(-1);
@@ -65,10 +92,7 @@ Tensor MoE::forward(const Tensor& input) {
 
     // Assignments in token order; an expert past its capacity drops the later ones.
     std::vector<int64_t> chosen = routing.indices.to_vector<int64_t>();
-    int64_t capacity = config.capacity_factor > 0.0
-                           ? static_cast<int64_t>(std::ceil(config.capacity_factor * static_cast<double>(tokens * k) /
-                                                            static_cast<double>(count)))
-                           : tokens * k;
+    int64_t capacity = expert_capacity(config, tokens * k);
     std::vector<std::vector<int64_t>> token_of(static_cast<size_t>(count)), slot_of(static_cast<size_t>(count));
     statistics = MoEStatistics{std::vector<int64_t>(static_cast<size_t>(count), 0), 0, 0.0};
     for (int64_t t = 0; t < tokens; ++t) {
@@ -100,18 +124,10 @@ Tensor MoE::forward(const Tensor& input) {
     if (!outputs.empty()) out = index_add(out, 0, cat(destinations), cat(outputs));
     if (shared) out = add(out, shared->forward(x));
 
-    // Switch balance loss: E * sum_i (fraction of assignments to i) * (mean probability of i).
-    std::vector<double> fraction(static_cast<size_t>(count));
-    for (int64_t e = 0; e < count; ++e) {
-      fraction[static_cast<size_t>(e)] = static_cast<double>(statistics.tokens_per_expert[static_cast<size_t>(e)]) /
-                                         static_cast<double>(tokens * k);
-    }
-    Tensor fractions = from_vector(fraction, {}, TensorOptions(DType::f64).device(x.device())).to(x.dtype());
-    Tensor balance = sum(mul(fractions, mean(routing.probabilities, {0}))) * static_cast<double>(count);
-    aux_loss = balance * config.aux_loss_weight;
-    if (config.z_loss_weight > 0.0) {
-      aux_loss = add(aux_loss, mean(square(logsumexp(routing.logits, {-1}))) * config.z_loss_weight);
-    }
+    Tensor mean_square_logsumexp =
+        config.z_loss_weight > 0.0 ? mean(square(logsumexp(routing.logits, {-1}))) : Tensor();
+    aux_loss = auxiliary_loss(config, statistics.tokens_per_expert, tokens * k, mean(routing.probabilities, {0}),
+                              mean_square_logsumexp);
     return out.reshape(input.sizes());
   });
 }

@@ -31,6 +31,20 @@ struct MoEStatistics {
   double dropped_fraction = 0.0;           // dropped / (N k)
 };
 
+// The pieces of MoE::forward that expert parallelism (parallel/expert_parallel.h) shares, so
+// that its routing, capacity and loss are this layer's by construction.
+//
+// Scores and top-k choice of `router` (d -> E) for x (N, d) under `config`.
+MoERouting route_tokens(Linear& router, const MoEConfig& config, const Tensor& x);
+// How many of `assignments` (N k) routed assignments one expert may keep: ceil(cf N k / E) with
+// a capacity factor, else all of them.
+int64_t expert_capacity(const MoEConfig& config, int64_t assignments);
+// aux_loss_weight * E * sum_i f_i P_i (Switch balance loss) with f_i = tokens_per_expert[i] /
+// assignments and P (E) the mean router probability over the tokens, plus z_loss_weight *
+// mean_square_logsumexp (a scalar, unused when z_loss_weight is 0).
+Tensor auxiliary_loss(const MoEConfig& config, const std::vector<int64_t>& tokens_per_expert, int64_t assignments,
+                      const Tensor& mean_probabilities, const Tensor& mean_square_logsumexp);
+
 class MoE : public Module {
  public:
   MoE(int64_t d_model, const MoEConfig& config, Generator* generator = nullptr);

@@ -66,6 +66,25 @@ Mesh::Mesh(std::shared_ptr<Communicator> world, MeshShape shape) : world_(std::m
   }
 }
 
+std::shared_ptr<Communicator> Mesh::group_over(const std::vector<MeshDim>& dims) const {
+  std::array<int, kMeshDims> others = coordinates_;
+  std::array<bool, kMeshDims> seen{};
+  int key = 0, stride = 1;
+  std::string name;
+  for (MeshDim dim : dims) {
+    const int d = static_cast<int>(dim);
+    KILN_CHECK(!seen[d], "Mesh::group_over: ", mesh_dim_name(dim), " is listed twice");
+    seen[d] = true;
+    key += stride * coordinates_[d];
+    stride *= shape_.size(dim);
+    others[d] = 0;
+    if (!name.empty()) name += 'x';
+    name += mesh_dim_name(dim);
+  }
+  const int color = world_rank_at(others);
+  return world_->split(color, key, name + "." + std::to_string(color));
+}
+
 int Mesh::world_rank_at(const std::array<int, kMeshDims>& coordinates) const {
   int rank = 0;
   for (int d = kMeshDims - 1; d >= 0; --d) {

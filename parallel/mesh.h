@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "nn/transformer_config.h"
 #include "parallel/communicator.h"
@@ -71,6 +72,11 @@ class Mesh {
   int coordinate(MeshDim dim) const { return coordinates_[static_cast<int>(dim)]; }
   const std::shared_ptr<Communicator>& group(MeshDim dim) const { return groups_[static_cast<int>(dim)]; }
   const std::shared_ptr<Communicator>& world() const { return world_; }
+  // Collective over the world: a new group of the ranks that differ from this one only along
+  // `dims` (ordered by those coordinates, the first of dims fastest). Gradients of a parameter
+  // replicated along several dims are averaged over such a group: dp x cp x ep for dense
+  // parameters, dp x cp for experts.
+  std::shared_ptr<Communicator> group_over(const std::vector<MeshDim>& dims) const;
   // The world rank at the given coordinates (tp, cp, ep, dp, pp).
   int world_rank_at(const std::array<int, kMeshDims>& coordinates) const;
 

@@ -1,6 +1,8 @@
 // Tensor-parallel MLP, SwiGLU and self-attention (see tp_blocks.h).
 #include "parallel/tp_blocks.h"
 
+#include "parallel/ring_attention.h"
+
 #include "autograd/ops.h"
 
 namespace kiln::parallel {
@@ -88,7 +90,9 @@ Tensor ParallelSelfAttention::forward(const Tensor& x, const Tensor& positions) 
       q = rope(q, where, options.rope_theta);
       k = rope(k, where, options.rope_theta);
     }
-    Tensor attended = scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), true);
+    Tensor attended = context_parallel_group && context_parallel_group->size() > 1
+                          ? ring_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), context_parallel_group)
+                          : scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), true);
     return proj->forward(attended.transpose(1, 2).reshape({batch, steps, local_heads * head_dim}));  // (B, T, d)
   });
 }

@@ -57,6 +57,9 @@ class ParallelSelfAttention : public nn::Module {
   Tensor forward(const Tensor& x, const Tensor& positions = Tensor());
 
   nn::AttentionOptions options;
+  // With more than one rank, x holds this rank's two chunks of each sequence (context_parallel.h)
+  // and attention runs around the ring (ring_attention.h); positions are then global.
+  Group context_parallel_group;
   int64_t head_dim;
   int64_t local_heads, local_kv_heads;  // n_heads / n, n_kv_heads / n
   std::shared_ptr<ColumnParallelLinear> qkv;  // d -> (local_heads + 2 local_kv_heads) head_dim

@@ -1,76 +1,158 @@
-// ParallelTransformer: kiln's dense decoder-only transformer (GPT-2 and Llama layouts of
-// nn::Transformer) under Megatron-style tensor parallelism.
+// ParallelTransformer: kiln's decoder-only transformer (GPT-2 and Llama layouts of
+// nn::Transformer, dense or MoE) as one rank's part of a model spread over a mesh:
+//
+//   tensor parallel (Megatron-LM)    attention split by heads, the FFN by hidden features, the
+//                                    embedding and the head by vocabulary rows;
+//   context parallel (ring attention) every rank holds 2 of the 2 cp chunks of each sequence
+//                                    (context_parallel.h); attention passes K/V around the cp
+//                                    ring; positions are global;
+//   expert parallel                  MoE experts spread over the ep group (expert_parallel.h);
+//   pipeline parallel                this rank holds only the layers of its pipeline stages:
+//                                    virtual stages rank, rank + p, ... of p v (pipeline_schedule.h),
+//                                    the embedding on the first, the final norm and head on the last.
 //
 //   tokens (B, T) -> VocabParallelEmbedding (+ replicated positions for gpt2)       (B, T, d)
-//   -> L x [ x + ParallelSelfAttention(norm(x)); x + ParallelMLP / SwiGLU(norm(x)) ]
-//   -> norm -> column-parallel head (or the tied embedding's rows)           logits (B, T, V / n)
+//   -> L x [ x + ParallelSelfAttention(norm(x)); x + FFN(norm(x)) ]
+//   -> norm -> column-parallel head (or the tied embedding's rows)           logits (B, T, V / tp)
 //   -> vocab_parallel_cross_entropy
 //
-// Norms, position embeddings and the residual stream are replicated on every tensor-parallel
-// rank; attention is split by heads, the FFN by hidden features, the embedding and the head by
-// vocabulary rows. It is built from an nn::Transformer, the master model (every rank builds the
-// same one from the same seed, or the constructor taking a Generator builds it), and keeps the
-// same parameter names, so TP = n trains what nn::Transformer trains alone.
+// Norms, position embeddings, routers and the residual stream are replicated on every
+// tensor-parallel rank. It is built from an nn::Transformer, the master model (every rank builds
+// the same one from the same seed), keeping the master's parameter names ("blocks.5.attn.qkv.weight"
+// on whichever stage holds layer 5), so that checkpoints move between layouts and any layout
+// trains what nn::Transformer trains alone.
 //
-// Sequence parallelism (optional, Korthikanti et al. 2022): between the tensor-parallel
-// regions the residual stream is (B, T / n, d), this rank's chunk of the sequence, so the norms
-// (and their activations) are split too. The region boundaries all-gather the sequence going
-// in and reduce-scatter it coming out; the replicated norm and position parameters then see
-// only this rank's tokens, so their gradients are summed over the group (they are read through
-// copy_to_tensor_parallel_region). T must be divisible by n.
+// Tied embeddings under pipeline parallelism: the last stage keeps its own copy of the token
+// embedding as the head; the two copies start equal and stay equal because their gradients are
+// summed across the first and last stage before every step (ModelParallelRunner does it).
 //
-// Not supported yet (each rejected with an error): MoE layers, dropout (which would need the
-// same random stream on the ranks of a replicated region), activation checkpointing, KV caches.
+// Sequence parallelism (optional, Korthikanti et al. 2022): between the tensor-parallel regions
+// the residual stream is (B, T / tp, d), this rank's chunk of the sequence; replicated norm and
+// position parameters are read through copy_to_tensor_parallel_region, so their gradients are
+// summed over the group.
+//
+// Not supported (each rejected with an error): dropout (a replicated region would need the same
+// random stream on every tensor-parallel rank), activation checkpointing, KV caches, MoE layers
+// with sequence parallelism.
 #pragma once
+
+#include <map>
+#include <utility>
 
 #include "nn/containers.h"
 #include "nn/normalization.h"
 #include "nn/transformer.h"
+#include "parallel/expert_parallel.h"
 #include "parallel/tp_blocks.h"
 
 namespace kiln::parallel {
 
+class ParallelTransformerOptions {
+ public:
+  // Groups left unset are groups of one.
+  ParallelTransformerOptions& tensor_parallel(Group value) { tp = std::move(value); return *this; }
+  ParallelTransformerOptions& context_parallel(Group value) { cp = std::move(value); return *this; }
+  ParallelTransformerOptions& expert_parallel(Group value) { ep = std::move(value); return *this; }
+  ParallelTransformerOptions& sequence_parallel(bool value) { sequence = value; return *this; }
+  // This rank's place in a pipeline of `size` ranks, each holding `virtual_stages` model chunks.
+  ParallelTransformerOptions& pipeline(int size, int rank, int virtual_stages = 1) {
+    pipeline_size = size;
+    pipeline_rank = rank;
+    chunks = virtual_stages;
+    return *this;
+  }
+
+  Group tp, cp, ep;
+  bool sequence = false;
+  int pipeline_size = 1, pipeline_rank = 0, chunks = 1;
+};
+
+// Layers [first, last) of virtual stage `stage` of `stages`: as even as possible, earlier stages
+// taking the remainder.
+std::pair<int64_t, int64_t> pipeline_stage_layers(int64_t layers, int stage, int stages);
+
 class ParallelTransformerBlock : public nn::Module {
  public:
-  ParallelTransformerBlock(const nn::TransformerBlock& master, Group group, bool sequence_parallel);
-  // x (B, T, d) (or (B, T / n, d) with sequence parallelism) -> the same; positions (T) i64
+  ParallelTransformerBlock(const nn::TransformerBlock& master, const ParallelTransformerOptions& options);
+  // x (B, T, d) (or (B, T / tp, d) with sequence parallelism) -> the same; positions (T) i64,
+  // global under context parallelism
   Tensor forward(const Tensor& x, const Tensor& positions);
+  // The MoE auxiliary loss of the last forward (undefined for dense blocks).
+  Tensor aux_loss() const { return moe ? moe->aux_loss : Tensor(); }
 
   std::shared_ptr<nn::LayerNorm> layer_norm1, layer_norm2;  // gpt2
   std::shared_ptr<nn::RMSNorm> rms_norm1, rms_norm2;        // llama
   std::shared_ptr<ParallelSelfAttention> attn;
   std::shared_ptr<ParallelMLP> mlp;
   std::shared_ptr<ParallelSwiGLU> swiglu;
+  std::shared_ptr<ExpertParallelMoE> moe;
 
  private:
-  Group group_;
+  Group tp_;
   bool sequence_parallel_;
+};
+
+// The blocks this rank holds, registered under their layer index in the whole model.
+class StageBlocks : public nn::Module {
+ public:
+  StageBlocks() : nn::Module("StageBlocks") {}
+  void add(int64_t layer, std::shared_ptr<ParallelTransformerBlock> block);
+  ParallelTransformerBlock& at(int64_t layer) const;
+  bool holds(int64_t layer) const { return layers_.count(layer) > 0; }
+  size_t size() const { return layers_.size(); }
+
+ private:
+  std::map<int64_t, std::shared_ptr<ParallelTransformerBlock>> layers_;
 };
 
 class ParallelTransformer : public nn::Module {
  public:
-  // Builds nn::Transformer(config, generator) as the master, then keeps this rank's slices.
-  ParallelTransformer(const nn::TransformerConfig& config, Group group, Generator* generator = nullptr,
+  // Builds nn::Transformer(config, generator) as the master, then keeps this rank's part.
+  ParallelTransformer(const nn::TransformerConfig& config, Group tp, Generator* generator = nullptr,
                       bool sequence_parallel = false);
-  ParallelTransformer(const nn::Transformer& master, Group group, bool sequence_parallel = false);
+  ParallelTransformer(const nn::Transformer& master, Group tp, bool sequence_parallel = false);
+  ParallelTransformer(const nn::Transformer& master, const ParallelTransformerOptions& options);
 
-  // tokens (B, T) i64 -> this rank's vocabulary columns of the logits (B, T, V / n)
+  // ---- the whole model (a pipeline of one stage) --------------------------------------------
+  // tokens (B, T) i64 (this rank's T / cp tokens under context parallelism) -> this rank's
+  // vocabulary columns of the logits (B, T, V / tp)
   Tensor forward(const Tensor& tokens);
-  // Mean next-token cross-entropy of tokens (B, T) against targets (B, T) (ignore_index -100),
-  // the same number on every rank of the group.
+  // Mean next-token cross-entropy of tokens (B, T) against targets (B, T) (ignore_index -100) over
+  // this rank's tokens, the same on every rank of the tensor-parallel group, plus the MoE layers'
+  // auxiliary losses. The cross-entropy alone is left in last_cross_entropy.
   Tensor loss(const Tensor& tokens, const Tensor& targets);
+  Tensor last_cross_entropy;
+
+  // ---- pipeline stages ---------------------------------------------------------------------
+  int chunks() const { return options_.chunks; }
+  int virtual_stage(int chunk) const { return chunk * options_.pipeline_size + options_.pipeline_rank; }
+  bool is_first(int chunk) const { return virtual_stage(chunk) == 0; }
+  bool is_last(int chunk) const { return virtual_stage(chunk) == options_.pipeline_size * options_.chunks - 1; }
+  std::pair<int64_t, int64_t> chunk_layers(int chunk) const;
+  // Virtual stage `chunk` of this rank. input: tokens (B, T) i64 on the first stage, else the
+  // previous stage's hidden state (B, T, d) (T / tp with sequence parallelism). Returns the
+  // hidden state, or on the last stage the loss against targets (cross-entropy plus the stage's
+  // MoE auxiliary losses). The auxiliary losses of the other stages enter backward through
+  // their output, weighted by aux_weight (the caller's loss scale, 1 / micro-batches).
+  Tensor forward_chunk(int chunk, const Tensor& input, const Tensor& targets, double aux_weight = 1.0);
+
+  const ParallelTransformerOptions& options() const { return options_; }
 
   nn::TransformerConfig config;
-  std::shared_ptr<VocabParallelEmbedding> token_embedding;
-  std::shared_ptr<nn::Embedding> position_embedding;  // gpt2 only
-  std::shared_ptr<nn::ModuleList> blocks;
-  std::shared_ptr<nn::LayerNorm> final_layer_norm;  // gpt2
-  std::shared_ptr<nn::RMSNorm> final_rms_norm;      // llama
-  std::shared_ptr<ColumnParallelLinear> head;       // null when tied to the token embedding
+  std::shared_ptr<VocabParallelEmbedding> token_embedding;  // first stage, and the last when tied
+  std::shared_ptr<nn::Embedding> position_embedding;        // gpt2, first stage
+  std::shared_ptr<StageBlocks> blocks;
+  std::shared_ptr<nn::LayerNorm> final_layer_norm;  // gpt2, last stage
+  std::shared_ptr<nn::RMSNorm> final_rms_norm;      // llama, last stage
+  std::shared_ptr<ColumnParallelLinear> head;       // last stage; null when tied to the token embedding
 
  private:
-  Group group_;
-  bool sequence_parallel_;
+  // Global positions (T) of this rank's tokens, from its local sequence length.
+  Tensor positions(int64_t local_steps, Device device) const;
+  Tensor embed(const Tensor& tokens, const Tensor& where);
+  Tensor logits(const Tensor& x);
+
+  ParallelTransformerOptions options_;
 };
 
 }  // namespace kiln::parallel

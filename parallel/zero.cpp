@@ -1,6 +1,7 @@
 // ZeroOptimizer: sharded gradients, optimizer state and (stage 3) parameters (see zero.h).
 #include "parallel/zero.h"
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <map>
@@ -234,18 +235,41 @@ void ZeroState::reduce_gradients() {
   gradients_reduced_ = true;
 }
 
-double ZeroState::grad_norm() {
+double ZeroState::grad_square_sum(const GradientWeight& weight) {
   reduce_gradients();
   double local = 0.0;
+  auto square_sum = [](const Tensor& grad) {
+    Tensor wide = grad.to(DType::f64);
+    return sum(mul(wide, wide)).item<double>();
+  };
   for (const ZeroUnit& unit : units_) {
     Tensor grad = unit.shard.grad();
     if (!grad.defined()) continue;
-    Tensor wide = grad.to(DType::f64);
-    local += sum(mul(wide, wide)).item<double>();
+    if (!weight) {
+      local += square_sum(grad);
+      continue;
+    }
+    // This rank's chunk covers [begin, begin + chunk) of the unit; each member its own range.
+    const int64_t begin = group_->rank() * unit.chunk;
+    for (size_t index : unit.members) {
+      const ZeroMember& member = members_[index];
+      const int64_t from = std::max(begin, member.offset);
+      const int64_t to = std::min(begin + unit.chunk, member.offset + member.parameter.numel());
+      const double w = to > from ? weight(member.name) : 0.0;
+      if (w != 0.0) local += w * square_sum(grad.narrow(0, from - begin, to - from));
+    }
   }
   Tensor total = from_vector(std::vector<double>{local}, {1}, TensorOptions(DType::f64));
   group_->all_reduce(total, ReduceOp::sum);
-  return std::sqrt(total.item<double>());
+  return total.item<double>();
+}
+
+void ZeroState::scale_gradients(double factor) {
+  NoGradGuard no_grad;
+  for (ZeroUnit& unit : units_) {
+    Tensor grad = unit.shard.grad();
+    if (grad.defined()) grad.mul_(factor);
+  }
 }
 
 double ZeroState::clip_grad_norm(double max_norm) {
@@ -253,13 +277,7 @@ double ZeroState::clip_grad_norm(double max_norm) {
   double norm = grad_norm();
   // The rule of optim::clip_grad_norm (and torch): scale by max_norm / (norm + 1e-6) when below 1.
   double coefficient = max_norm / (norm + 1e-6);
-  if (coefficient < 1.0) {
-    NoGradGuard no_grad;
-    for (ZeroUnit& unit : units_) {
-      Tensor grad = unit.shard.grad();
-      if (grad.defined()) grad.mul_(coefficient);
-    }
-  }
+  if (coefficient < 1.0) scale_gradients(coefficient);
   return norm;
 }
 
@@ -419,6 +437,8 @@ ZeroOptimizer::~ZeroOptimizer() = default;
 void ZeroOptimizer::reduce_gradients() { state_->reduce_gradients(); }
 double ZeroOptimizer::clip_grad_norm(double max_norm) { return state_->clip_grad_norm(max_norm); }
 double ZeroOptimizer::grad_norm() { return state_->grad_norm(); }
+double ZeroOptimizer::grad_square_sum(const GradientWeight& weight) { return state_->grad_square_sum(weight); }
+void ZeroOptimizer::scale_gradients(double factor) { state_->scale_gradients(factor); }
 void ZeroOptimizer::step() { state_->step(); }
 void ZeroOptimizer::zero_grad() { state_->zero_grad(); }
 optim::Optimizer& ZeroOptimizer::optimizer() { return state_->optimizer(); }

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "nn/module.h"
@@ -37,6 +38,9 @@
 #include "parallel/communicator.h"
 
 namespace kiln::parallel {
+
+// A parameter's weight in a gradient norm, by name.
+using GradientWeight = std::function<double(const std::string& name)>;
 
 using OptimizerFactory = std::function<std::unique_ptr<optim::Optimizer>(std::vector<optim::ParamGroup> groups)>;
 
@@ -80,6 +84,12 @@ class ZeroOptimizer {
   double clip_grad_norm(double max_norm);
   // The global gradient norm without clipping.
   double grad_norm();
+  // Sum over parameters of weight(name) times the squared norm of its averaged gradient, over
+  // the whole group (the same on every rank): model-parallel layouts count a parameter that
+  // several of their ranks replicate once (weight 0 on the copies).
+  double grad_square_sum(const GradientWeight& weight);
+  // Multiplies every gradient shard by `factor` (clipping by a norm computed elsewhere).
+  void scale_gradients(double factor);
   // Updates the owned chunks with the wrapped optimizer and all-gathers the parameters (stages
   // 1, 2; stage 3 keeps them sharded).
   void step();

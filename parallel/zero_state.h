@@ -3,6 +3,7 @@
 // Private to zero.cpp and zero_state_dict.cpp.
 #pragma once
 
+#include <cmath>
 #include <map>
 #include <memory>
 #include <string>
@@ -32,8 +33,10 @@ class ZeroState : public std::enable_shared_from_this<ZeroState> {
   void install_hooks();
 
   void reduce_gradients();
-  double grad_norm();
+  double grad_square_sum(const GradientWeight& weight);
+  double grad_norm() { return std::sqrt(grad_square_sum(nullptr)); }
   double clip_grad_norm(double max_norm);
+  void scale_gradients(double factor);
   void step();
   void zero_grad();
   void gather_full_parameters();

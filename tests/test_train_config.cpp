@@ -110,7 +110,27 @@ TEST_CASE("wrong types, bad values and missing keys are errors naming the path",
 
   train::TrainConfig config = train::TrainConfig::from_json(minimal_config());
   CHECK(config.micro_batch_size(2) == 4);
-  CHECK_THROWS_WITH(config.micro_batch_size(3), Contains("training.batch_size 8 must be divisible by world size 3"));
+  CHECK_THROWS_WITH(config.micro_batch_size(3), Contains("training.batch_size 8 must be divisible by 3 data-parallel ranks"));
+
+  // The mesh: sizes, schedule names, and how they fit the world.
+  json = minimal_config();
+  json["parallel"] = {{"tensor_parallel", 0}};
+  CHECK_THAT(error_of(json), Contains("parallel.tensor_parallel: must be at least 1, got 0"));
+  json["parallel"] = {{"pipeline_schedule", "zigzag"}};
+  CHECK_THAT(error_of(json), Contains("parallel.pipeline_schedule") && Contains("zigzag"));
+  json["parallel"] = {{"virtual_stages", 2}};
+  CHECK_THAT(error_of(json), Contains("parallel.virtual_stages: 2 virtual stages need pipeline_schedule \"interleaved\""));
+  json["parallel"] = {{"sequence_parallel", true}};
+  CHECK_THAT(error_of(json), Contains("parallel.sequence_parallel: needs tensor_parallel > 1"));
+  json["parallel"] = {{"tensor_parallel", 2}, {"pipeline_parallel", 2}};
+  train::TrainConfig layout = train::TrainConfig::from_json(json);
+  CHECK(layout.parallel.model_parallel());
+  CHECK(layout.parallel.data_parallel_size(8) == 2);
+  CHECK(layout.micro_batch_size(8) == 4);
+  CHECK_THROWS_WITH(layout.parallel.data_parallel_size(6),
+                    Contains("tensor 2 x pipeline 2 x context 1 x expert 1 = 4 ranks does not divide the job's 6 ranks"));
+  layout.parallel.data_parallel = 3;
+  CHECK_THROWS_WITH(layout.parallel.data_parallel_size(8), Contains("parallel.data_parallel is 3 but"));
 }
 
 TEST_CASE("--set overrides apply typed values", "[train][config][set]") {

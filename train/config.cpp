@@ -5,6 +5,7 @@
 
 #include "autograd/json_reader.h"
 #include "optim/optim.h"
+#include "parallel/pipeline_schedule.h"
 
 namespace kiln::train {
 
@@ -185,6 +186,31 @@ TrainConfig TrainConfig::from_json(nlohmann::json json, const std::vector<std::s
 
     JsonReader parallel = reader.child("parallel");
     parallel.read("data_parallel", config.parallel.data_parallel);
+    parallel.read("tensor_parallel", config.parallel.tensor_parallel);
+    parallel.read("pipeline_parallel", config.parallel.pipeline_parallel);
+    parallel.read("context_parallel", config.parallel.context_parallel);
+    parallel.read("expert_parallel", config.parallel.expert_parallel);
+    parallel.read("sequence_parallel", config.parallel.sequence_parallel);
+    parallel.read("pipeline_schedule", config.parallel.pipeline_schedule);
+    parallel.read("virtual_stages", config.parallel.virtual_stages);
+    auto at_least_one = [&](const char* key, int64_t value) {
+      KILN_CHECK(value >= 1, parallel.where(key), ": must be at least 1, got ", value);
+    };
+    at_least_one("tensor_parallel", config.parallel.tensor_parallel);
+    at_least_one("pipeline_parallel", config.parallel.pipeline_parallel);
+    at_least_one("context_parallel", config.parallel.context_parallel);
+    at_least_one("expert_parallel", config.parallel.expert_parallel);
+    at_least_one("virtual_stages", config.parallel.virtual_stages);
+    try {
+      parallel::parse_pipeline_schedule(config.parallel.pipeline_schedule);
+    } catch (const Error& error) {
+      KILN_FAIL(parallel.where("pipeline_schedule"), ": ", error.what());
+    }
+    KILN_CHECK(config.parallel.virtual_stages == 1 || config.parallel.pipeline_schedule == "interleaved",
+               parallel.where("virtual_stages"), ": ", config.parallel.virtual_stages,
+               " virtual stages need pipeline_schedule \"interleaved\", got \"", config.parallel.pipeline_schedule, "\"");
+    KILN_CHECK(!config.parallel.sequence_parallel || config.parallel.tensor_parallel > 1,
+               parallel.where("sequence_parallel"), ": needs tensor_parallel > 1");
     parallel.read("bucket_mb", config.parallel.bucket_mb);
     parallel.read("zero_stage", config.parallel.zero_stage);
     KILN_CHECK(config.parallel.zero_stage >= 0 && config.parallel.zero_stage <= 3, parallel.where("zero_stage"),
@@ -252,15 +278,37 @@ nlohmann::json TrainConfig::to_json() const {
        {{"interval", logging.interval}, {"jsonl", logging.jsonl}, {"tensorboard", logging.tensorboard},
         {"peak_flops", logging.peak_flops}, {"progress_bar", logging.progress_bar}}},
       {"parallel",
-       {{"data_parallel", parallel.data_parallel}, {"bucket_mb", parallel.bucket_mb}, {"zero_stage", parallel.zero_stage}}},
+       {{"data_parallel", parallel.data_parallel},
+        {"tensor_parallel", parallel.tensor_parallel},
+        {"pipeline_parallel", parallel.pipeline_parallel},
+        {"context_parallel", parallel.context_parallel},
+        {"expert_parallel", parallel.expert_parallel},
+        {"sequence_parallel", parallel.sequence_parallel},
+        {"pipeline_schedule", parallel.pipeline_schedule},
+        {"virtual_stages", parallel.virtual_stages},
+        {"bucket_mb", parallel.bucket_mb},
+        {"zero_stage", parallel.zero_stage}}},
   };
 }
 
+int64_t ParallelConfig::data_parallel_size(int64_t world_size) const {
+  const int64_t model = tensor_parallel * pipeline_parallel * context_parallel * expert_parallel;
+  KILN_CHECK(world_size % model == 0, "parallel: tensor ", tensor_parallel, " x pipeline ", pipeline_parallel,
+             " x context ", context_parallel, " x expert ", expert_parallel, " = ", model,
+             " ranks does not divide the job's ", world_size, " ranks");
+  const int64_t data = world_size / model;
+  KILN_CHECK(data_parallel == 0 || data_parallel == data, "parallel.data_parallel is ", data_parallel,
+             " but the job's ", world_size, " ranks over ", model, " model-parallel ranks leave ", data,
+             " (use 0 for 'what the others leave')");
+  return data;
+}
+
 int64_t TrainConfig::micro_batch_size(int64_t world_size) const {
-  int64_t parts = world_size * training.grad_accumulation;
-  KILN_CHECK(training.batch_size % parts == 0, "training.batch_size ", training.batch_size,
-             " must be divisible by world size ", world_size, " x training.grad_accumulation ",
-             training.grad_accumulation, " (it is the global batch)");
+  const int64_t data_ranks = parallel.data_parallel_size(world_size) * parallel.expert_parallel;
+  const int64_t parts = data_ranks * training.grad_accumulation;
+  KILN_CHECK(training.batch_size % parts == 0, "training.batch_size ", training.batch_size, " must be divisible by ",
+             data_ranks, " data-parallel ranks x training.grad_accumulation ", training.grad_accumulation,
+             " (it is the global batch)");
   return training.batch_size / parts;
 }
 

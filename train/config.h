@@ -70,10 +70,25 @@ struct LoggingConfig {
   std::string progress_bar = "auto";  // "auto" (when stdout is a terminal), "on" or "off"
 };
 
+// The mesh (parallel/mesh.h): tensor x context x expert x data x pipeline = the world size.
 struct ParallelConfig {
-  int64_t data_parallel = 0;  // ranks averaging gradients: 0 means the whole world (the only layout kiln-train runs)
+  int64_t data_parallel = 0;  // 0: whatever the other dimensions leave of the world
+  int64_t tensor_parallel = 1;
+  int64_t pipeline_parallel = 1;
+  int64_t context_parallel = 1;
+  int64_t expert_parallel = 1;
+  bool sequence_parallel = false;            // with tensor_parallel > 1
+  std::string pipeline_schedule = "1f1b";    // gpipe, 1f1b, interleaved (micro-batches = grad_accumulation)
+  int64_t virtual_stages = 1;                // model chunks per pipeline rank (interleaved)
   double bucket_mb = 25.0;    // gradients are all-reduced (DDP) or sharded (ZeRO) in flat buckets of about this size
   int64_t zero_stage = 0;     // 0: DDP (replicated optimizer); 1-3: ZeRO stage (parallel/zero.h)
+
+  // Whether any model-parallel dimension is above 1 (ModelParallelRunner trains the model).
+  bool model_parallel() const {
+    return tensor_parallel * pipeline_parallel * context_parallel * expert_parallel > 1;
+  }
+  // The data-parallel size for `world_size` ranks; throws naming the sizes unless they fit.
+  int64_t data_parallel_size(int64_t world_size) const;
 };
 
 struct TrainConfig {
@@ -101,6 +116,7 @@ struct TrainConfig {
   nlohmann::json to_json() const;
 
   // This rank's sequences per micro-step; throws naming training.batch_size unless it divides.
+  // Ranks with different data: data parallel x expert parallel.
   int64_t micro_batch_size(int64_t world_size) const;
 };
 

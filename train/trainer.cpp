@@ -2,6 +2,7 @@
 // logging live in trainer_io.cpp.
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -52,10 +53,9 @@ Trainer::Trainer(TrainConfig config, std::shared_ptr<parallel::Communicator> wor
   KILN_CHECK(world_ != nullptr, "Trainer: no communicator");
   rank_ = world_->rank();
   world_size_ = world_->size();
-  KILN_CHECK(config_.parallel.data_parallel == 0 || config_.parallel.data_parallel == world_size_,
-             "parallel.data_parallel is ", config_.parallel.data_parallel, " but the job has ", world_size_,
-             " ranks (the trainer runs data parallelism over the whole world; use 0 for 'all ranks')");
   micro_batch_ = config_.micro_batch_size(world_size_);
+  data_rank_ = rank_;
+  data_ranks_ = world_size_;
   run_dir_ = config_.out_dir;
 
   tokenizer_ = data::load_tokenizer((std::filesystem::path(config_.data.dir) / config_.data.tokenizer).string());
@@ -73,15 +73,15 @@ Trainer::Trainer(TrainConfig config, std::shared_ptr<parallel::Communicator> wor
       data::DataLoaderOptions(micro_batch_, seq_len)
           .shuffle(config_.data.shuffle)
           .seed(config_.seed)
-          .rank(rank_, world_size_)
+          .rank(data_rank_, data_ranks_)
           .prefetch(config_.data.prefetch)
           .vocab_size(config_.model.vocab_size));
   KILN_CHECK(train_loader_->batches_per_epoch() > 0, "data.train: the shards hold ", train_loader_->windows(),
-             " windows of ", seq_len + 1, " tokens, fewer than one global micro-batch of ", micro_batch_ * world_size_);
+             " windows of ", seq_len + 1, " tokens, fewer than one global micro-batch of ", micro_batch_ * data_ranks_);
   if (!config_.data.val.empty()) {
     val_loader_ = std::make_unique<data::DataLoader>(shard_paths(config_.data.dir, config_.data.val),
                                                      data::DataLoaderOptions(micro_batch_, seq_len)
-                                                         .rank(rank_, world_size_)
+                                                         .rank(data_rank_, data_ranks_)
                                                          .prefetch(0)
                                                          .vocab_size(config_.model.vocab_size));
   }
@@ -109,6 +109,15 @@ void Trainer::build_model_and_optimizer() {
   model_ = std::make_shared<nn::Transformer>(config_.model, &generator_);
   model_->train();
   generator_.manual_seed(dropout_seed(config_.seed, rank_));
+  schedule_ = optim::schedule_from_json(config_.schedule, "schedule");
+  parameter_count_ = model_->count_parameters();
+  int64_t counted = parameter_count_;
+  if (model_->position_embedding) counted -= model_->position_embedding->weight.numel();
+  flops_per_token_ = flops_per_token(config_.model, counted, config_.model.block_size);
+  if (config_.parallel.model_parallel()) {
+    build_model_parallel();
+    return;
+  }
 
   NamedParameters parameters = model_->named_parameters();
   auto bucket_bytes = static_cast<int64_t>(config_.parallel.bucket_mb * 1024 * 1024);
@@ -127,11 +136,58 @@ void Trainer::build_model_and_optimizer() {
                                                                  parallel::DDPOptions().bucket_bytes(bucket_bytes));
     }
   }
-  schedule_ = optim::schedule_from_json(config_.schedule, "schedule");
+}
 
-  int64_t counted = model_->count_parameters();
-  if (model_->position_embedding) counted -= model_->position_embedding->weight.numel();
-  flops_per_token_ = flops_per_token(config_.model, counted, config_.model.block_size);
+void Trainer::build_model_parallel() {
+  const ParallelConfig& layout = config_.parallel;
+  KILN_CHECK(layout.zero_stage <= 1, "parallel.zero_stage ", layout.zero_stage,
+             " is not supported with tensor, pipeline, context or expert parallelism (use 0 or 1)");
+  KILN_CHECK(layout.zero_stage == 0 || layout.expert_parallel == 1,
+             "parallel.zero_stage 1 is not supported with expert_parallel > 1 (expert and dense parameters are "
+             "replicated over different ranks)");
+  KILN_CHECK(config_.model.dropout == 0.0, "model.dropout ", config_.model.dropout,
+             " is not supported with tensor, pipeline, context or expert parallelism (set it to 0)");
+  auto shape = parallel::MeshShape()
+                   .tp(static_cast<int>(layout.tensor_parallel))
+                   .cp(static_cast<int>(layout.context_parallel))
+                   .ep(static_cast<int>(layout.expert_parallel))
+                   .dp(static_cast<int>(layout.data_parallel_size(world_size_)))
+                   .pp(static_cast<int>(layout.pipeline_parallel));
+  shape.check_model(config_.model, config_.model.block_size);
+  mesh_ = std::make_shared<const parallel::Mesh>(world_, shape);
+  runner_ = std::make_unique<parallel::ModelParallelRunner>(
+      *model_, mesh_,
+      parallel::ModelParallelOptions()
+          .schedule(parallel::parse_pipeline_schedule(layout.pipeline_schedule))
+          .microbatches(config_.training.grad_accumulation)
+          .virtual_stages(static_cast<int>(layout.virtual_stages))
+          .sequence_parallel(layout.sequence_parallel));
+  runner_->model().train();
+  data_rank_ = runner_->data_rank();
+  data_ranks_ = runner_->data_ranks();
+  // Rank 0 keeps the whole model for samples; on the others it would only take memory.
+  if (rank_ != 0) model_.reset();
+
+  NamedParameters parameters = runner_->model().named_parameters();
+  if (layout.zero_stage == 1) {
+    const std::string type = config_.optimizer_type;
+    std::shared_ptr<const optim::OptimizerOptions> options = config_.optimizer;
+    zero_ = std::make_unique<parallel::ZeroOptimizer>(
+        runner_->model(), runner_->replica_group(), optim::weight_decay_groups(parameters),
+        [type, options](std::vector<optim::ParamGroup> groups) { return make_optimizer(type, std::move(groups), *options); },
+        parallel::ZeroOptions().stage(1).bucket_bytes(static_cast<int64_t>(layout.bucket_mb * 1024 * 1024)));
+  } else {
+    optimizer_ = make_optimizer(config_.optimizer_type, optim::weight_decay_groups(parameters), *config_.optimizer);
+  }
+}
+
+nn::Transformer& Trainer::model() {
+  KILN_CHECK(model_ != nullptr, "Trainer::model: with model parallelism only world rank 0 holds the whole model");
+  return *model_;
+}
+
+NamedParameters Trainer::trained_parameters() const {
+  return runner_ ? runner_->model().named_parameters() : model_->named_parameters();
 }
 
 void Trainer::zero_grad() {
@@ -147,7 +203,18 @@ StepStats Trainer::step() {
   schedule_->apply(optimizer(), step_);
   const int64_t micro_steps = config_.training.grad_accumulation;
   double loss_sum = 0.0;
-  for (int64_t micro = 0; micro < micro_steps; ++micro) {
+  if (runner_) {
+    // The step's micro-batches, stacked: the runner cuts them again for the pipeline.
+    std::vector<Tensor> inputs, targets;
+    for (int64_t micro = 0; micro < micro_steps; ++micro) {
+      data::Batch batch = train_loader_->next();
+      inputs.push_back(batch.inputs);
+      targets.push_back(batch.targets);
+    }
+    loss_sum = runner_->forward_backward(cat(inputs), cat(targets)) * static_cast<double>(micro_steps);
+    runner_->reduce_gradients(zero_ == nullptr);
+  }
+  for (int64_t micro = 0; !runner_ && micro < micro_steps; ++micro) {
     data::Batch batch = train_loader_->next();
     auto backward = [&] {
       Tensor loss = model_->loss(batch.inputs, batch.targets);  // (B, T) -> scalar
@@ -176,8 +243,11 @@ StepStats Trainer::step() {
   stats.max_steps = config_.training.max_steps;
   stats.loss = agreed[0];
   stats.lr = optimizer().lr(0);
-  NamedParameters parameters = model_->named_parameters();
-  if (zero_) {
+  NamedParameters parameters = trained_parameters();
+  if (runner_) {
+    // Every parameter counted once across the ranks that hold it (ZeRO-1: from its shards).
+    stats.grad_norm = runner_->clip_grad_norm(std::max(config_.training.grad_clip, 0.0), zero_.get());
+  } else if (zero_) {
     // The global norm from the shards (the full gradients no longer exist at stages 2 and 3).
     stats.grad_norm = config_.training.grad_clip > 0 ? zero_->clip_grad_norm(config_.training.grad_clip) : zero_->grad_norm();
   } else if (config_.training.grad_clip > 0) {

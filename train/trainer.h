@@ -13,6 +13,13 @@
 // global norm, checked for NaN/Inf, and applied with the schedule's lr. N ranks with
 // micro-batch B compute what one rank computes with micro-batch N B.
 //
+// With tensor, pipeline, context or expert parallelism (parallel.tensor_parallel, ... > 1) the
+// world is a mesh (parallel/mesh.h) and parallel::ModelParallelRunner trains this rank's part of
+// the model: the grad_accumulation micro-steps are the pipeline's micro-batches, data-parallel
+// averaging is a flat all-reduce after the step (or ZeRO-1), and checkpoints are written in the
+// layout of the whole model, so that any layout (or one process) resumes them. World rank 0 also
+// keeps the whole model, filled from the ranks' parts when it writes samples.
+//
 // Around the steps: validation every eval.interval steps, sampled text every
 // eval.sample_interval (rank 0 prints), checkpoints every checkpoint.interval (rank 0 writes
 // the model; with ZeRO every rank writes its optimizer shard), progress lines, metrics.jsonl and TensorBoard scalars (rank 0).
@@ -41,6 +48,7 @@
 #include "optim/schedule.h"
 #include "parallel/communicator.h"
 #include "parallel/ddp.h"
+#include "parallel/model_parallel.h"
 #include "parallel/zero.h"
 #include "train/config.h"
 #include "train/progress.h"
@@ -94,7 +102,10 @@ class Trainer {
   std::function<void(const StepStats&)> on_step;
 
   const TrainConfig& config() const { return config_; }
-  nn::Transformer& model() { return *model_; }
+  // The model (with model parallelism: world rank 0's whole model, refreshed for samples).
+  nn::Transformer& model();
+  // This rank's part of the model under model parallelism, else null.
+  parallel::ModelParallelRunner* model_parallel() { return runner_.get(); }
   // The optimizer the schedule drives (with ZeRO, the one over this rank's shards).
   optim::Optimizer& optimizer() { return zero_ ? zero_->optimizer() : *optimizer_; }
   const data::Tokenizer& tokenizer() const { return *tokenizer_; }
@@ -103,6 +114,11 @@ class Trainer {
 
  private:
   void build_model_and_optimizer();
+  void build_model_parallel();
+  // The parameters this rank trains.
+  NamedParameters trained_parameters() const;
+  // The optimizer state of this rank's parameters, unsharded (ZeRO shards gathered; collective).
+  optim::OptimizerStateDict local_optimizer_state();
   void zero_grad();
   void restore(const std::filesystem::path& path);
   // Every rank's RNG state, gathered (collective).
@@ -121,6 +137,7 @@ class Trainer {
   std::shared_ptr<parallel::Communicator> world_;
   TrainerOptions options_;
   int rank_ = 0, world_size_ = 1;
+  int data_rank_ = 0, data_ranks_ = 1;  // which slice of the data this rank reads, of how many
   int64_t micro_batch_ = 0;
   std::filesystem::path run_dir_;
 
@@ -130,6 +147,8 @@ class Trainer {
   std::unique_ptr<optim::Optimizer> optimizer_;       // parallel.zero_stage 0
   std::unique_ptr<parallel::ZeroOptimizer> zero_;      // stages 1-3
   std::unique_ptr<parallel::DistributedDataParallel> ddp_;  // stage 0 with more than one rank
+  std::shared_ptr<const parallel::Mesh> mesh_;               // model parallelism only
+  std::unique_ptr<parallel::ModelParallelRunner> runner_;
   std::optional<optim::LrSchedule> schedule_;
   std::unique_ptr<data::DataLoader> train_loader_, val_loader_;
   std::unique_ptr<MetricsLog> metrics_;           // rank 0
@@ -138,6 +157,7 @@ class Trainer {
 
   int64_t step_ = 0;  // optimizer steps completed
   double flops_per_token_ = 0.0;
+  int64_t parameter_count_ = 0;  // of the whole model
   std::atomic<bool> stop_requested_{false};
   bool stop_agreed_ = false;  // the last step's all-reduced stop flag
   double seconds_in_steps_ = 0.0;

@@ -6,6 +6,7 @@
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
 #include "parallel/checkpoint.h"
+#include "parallel/state_exchange.h"
 #include "parallel/zero.h"
 #include "train/metrics_log.h"
 #include "train/tensorboard_writer.h"
@@ -43,11 +44,18 @@ std::filesystem::path Trainer::save() {
   checkpoint.step = step_;
   checkpoint.state = {{"step", step_},
                       {"config", config_.to_json()},
-                      {"model", model_->config.to_json()},
+                      {"model", config_.model.to_json()},
                       {"loader", train_loader_->position().to_json()},
                       {"rng", rng},
                       {"world_size", world_size_}};
-  if (zero_) {
+  if (runner_) {
+    // The whole model and optimizer in the layout of nn::Transformer, gathered from every rank's
+    // part (collective); rank 0 writes them as an unsharded checkpoint.
+    checkpoint.model = runner_->master_state_dict();
+    checkpoint.optimizer = runner_->master_optimizer_state(local_optimizer_state());
+    if (rank_ == 0) parallel::save_checkpoint(run_dir_, checkpoint, config_.checkpoint.keep_last);
+    world_->barrier();
+  } else if (zero_) {
     // Every rank writes its optimizer shard; rank 0 the whole model (gathered at stage 3).
     checkpoint.model = zero_->module_state_dict();
     optim::OptimizerStateDict shard = zero_->state_shard();
@@ -67,11 +75,22 @@ std::filesystem::path Trainer::save() {
   return *saved;
 }
 
+optim::OptimizerStateDict Trainer::local_optimizer_state() {
+  if (!zero_) return optimizer_->state_dict();
+  return parallel::consolidate_optimizer_shards(
+      parallel::all_gather_optimizer_states(zero_->state_shard(), *runner_->replica_group()));
+}
+
 void Trainer::restore(const std::filesystem::path& path) {
   parallel::Checkpoint checkpoint = parallel::load_checkpoint(path);
-  if (zero_) zero_->gather_full_parameters();
-  model_->load_state_dict(checkpoint.model);
-  if (zero_) zero_->reshard();
+  if (runner_) {
+    runner_->load_master_state_dict(checkpoint.model);
+    if (model_) model_->load_state_dict(checkpoint.model);
+  } else {
+    if (zero_) zero_->gather_full_parameters();
+    model_->load_state_dict(checkpoint.model);
+    if (zero_) zero_->reshard();
+  }
   // A sharded (ZeRO) checkpoint from any number of ranks, or an unsharded one, loads into either
   // kind of optimizer.
   optim::OptimizerStateDict saved = checkpoint.optimizer;
@@ -80,6 +99,8 @@ void Trainer::restore(const std::filesystem::path& path) {
     for (const auto& shard : checkpoint.shards) parts.push_back({shard, checkpoint.optimizer.scalars});
     saved = parallel::consolidate_optimizer_shards(parts);
   }
+  // Under model parallelism this rank takes its parameters' part of the whole state.
+  if (runner_) saved = runner_->local_optimizer_state(saved);
   // Moments and step counts come from the checkpoint; hyperparameters from the config, so that a
   // resumed run can change them (--set optimizer.lr=...). Unchanged, they are the same values.
   nlohmann::json configured = optimizer().state_dict().scalars.at("groups");
@@ -114,7 +135,18 @@ double Trainer::evaluate() {
   KILN_CHECK(val_loader_ != nullptr, "evaluate: no validation shards (data.val is empty)");
   int64_t batches = std::min(config_.eval.batches, val_loader_->batches_per_epoch());
   KILN_CHECK(batches > 0, "evaluate: the validation shards hold ", val_loader_->windows(),
-             " windows, fewer than one global batch of ", micro_batch_ * world_size_);
+             " windows, fewer than one global batch of ", micro_batch_ * data_ranks_);
+  if (runner_) {
+    runner_->model().eval();
+    double sum = 0.0;
+    val_loader_->restore(data::LoaderPosition{});
+    for (int64_t i = 0; i < batches; ++i) {
+      data::Batch batch = val_loader_->next();
+      sum += runner_->evaluate(batch.inputs, batch.targets);  // already the mean over data ranks
+    }
+    runner_->model().train();
+    return sum / static_cast<double>(batches);
+  }
   model_->eval();
   double sum = 0.0;
   {
@@ -133,16 +165,19 @@ double Trainer::evaluate() {
 }
 
 std::string Trainer::describe() const {
-  char text[512];
+  char text[640];
+  const std::string layout = mesh_ ? mesh_->shape().describe() + ", " + config_.parallel.pipeline_schedule +
+                                         (config_.parallel.sequence_parallel ? ", sequence parallel" : "")
+                                   : std::string("data parallel");
   std::snprintf(text, sizeof(text),
                 "kiln-train: %s model, %.2fM parameters (%lld layers, %lld heads, d_model %lld, vocab %lld, block "
-                "%lld)\n  %d rank(s), global batch %lld = %d x micro-batch %lld x %lld accumulation, %s tokens/step, "
+                "%lld)\n  %d rank(s) (%s), global batch %lld = %d x micro-batch %lld x %lld accumulation, %s tokens/step, "
                 "%s, steps %lld -> %lld\n  run directory %s",
-                config_.model.family.c_str(), static_cast<double>(model_->count_parameters()) / 1e6,
+                config_.model.family.c_str(), static_cast<double>(parameter_count_) / 1e6,
                 static_cast<long long>(config_.model.n_layers), static_cast<long long>(config_.model.n_heads),
                 static_cast<long long>(config_.model.d_model), static_cast<long long>(config_.model.vocab_size),
-                static_cast<long long>(config_.model.block_size), world_size_,
-                static_cast<long long>(config_.training.batch_size), world_size_, static_cast<long long>(micro_batch_),
+                static_cast<long long>(config_.model.block_size), world_size_, layout.c_str(),
+                static_cast<long long>(config_.training.batch_size), data_ranks_, static_cast<long long>(micro_batch_),
                 static_cast<long long>(config_.training.grad_accumulation), format_count(tokens_per_step()).c_str(),
                 schedule_->description().c_str(), static_cast<long long>(step_),
                 static_cast<long long>(config_.training.max_steps), run_dir_.string().c_str());
@@ -183,7 +218,12 @@ void Trainer::log_step(const StepStats& stats, std::optional<double> val_loss) {
 void Trainer::print_samples() {
   if (options_.quiet) return;
   // ZeRO-3 gathers the parameters on every rank first: rank 0 then generates without collectives.
-  if (zero_) zero_->gather_full_parameters();
+  // Under model parallelism rank 0's whole model takes the parts of every rank.
+  if (runner_) {
+    nn::StateDict whole = runner_->master_state_dict();
+    if (model_) model_->load_state_dict(whole);
+  }
+  if (zero_ && !runner_) zero_->gather_full_parameters();
   for (int64_t i = 0; rank_ == 0 && i < config_.eval.samples; ++i) {
     nn::GenerationOptions generation;
     generation.max_new_tokens = config_.eval.sample_tokens;
@@ -196,7 +236,7 @@ void Trainer::print_samples() {
           text.completion);
     if (tensorboard_) tensorboard_->add_text("samples", text.prompt + text.completion, step_);
   }
-  if (zero_) zero_->reshard();
+  if (zero_ && !runner_) zero_->reshard();
 }
 
 }  // namespace kiln::train

@@ -41,6 +41,19 @@ inline Tensor gathered(const Tensor& local, int64_t dim, Communicator& group, co
   return cat(ordered, dim);
 }
 
+// Step `step`'s rows [first, first + rows) of (rows, length) tokens below `vocab` (or of the
+// targets, the next tokens): the same on every rank, different for every row and step.
+inline Tensor token_rows(int64_t step, int64_t first, int64_t rows, int64_t length, int64_t vocab, bool targets) {
+  std::vector<int64_t> values;
+  for (int64_t b = first; b < first + rows; ++b) {
+    for (int64_t t = 0; t < length; ++t) {
+      const int64_t position = t + (targets ? 1 : 0);
+      values.push_back((step * 7 + b * 5 + position * 3 + (b * position) % 5) % vocab);
+    }
+  }
+  return from_vector(values, {rows, length}, TensorOptions(DType::i64));
+}
+
 inline void check_close(const Tensor& actual, const Tensor& expected, double tolerance, const std::string& what) {
   INFO(what << " on world rank " << world_group().rank());
   REQUIRE(actual.sizes() == expected.sizes());

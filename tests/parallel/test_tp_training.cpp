@@ -31,16 +31,8 @@ nn::TransformerConfig lm_config(const std::string& family) {
   return config;
 }
 
-// Step `step`'s rows [first, first + rows) of tokens (or of targets, the next tokens).
 Tensor lm_rows(int64_t step, int64_t first, int64_t rows, bool targets) {
-  std::vector<int64_t> values;
-  for (int64_t b = first; b < first + rows; ++b) {
-    for (int64_t t = 0; t < kLmSeq; ++t) {
-      const int64_t position = t + (targets ? 1 : 0);
-      values.push_back((step * 7 + b * 5 + position * 3 + (b * position) % 5) % kLmVocab);
-    }
-  }
-  return from_vector(values, {rows, kLmSeq}, TensorOptions(DType::i64));
+  return token_rows(step, first, rows, kLmSeq, kLmVocab, targets);
 }
 
 std::vector<optim::ParamGroup> groups_of(const OptimizerKind& kind, const nn::Module& model) {

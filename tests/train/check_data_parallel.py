@@ -76,6 +76,25 @@ def compare_parameters(expected, actual):
     assert worst <= PARAM_TOL
 
 
+def prepare_corpus(work, prepare):
+    """A small regular corpus as char-level shards in work/data."""
+    sentences = ["the cat sat on the mat. ", "a dog ran to the park. ", "we like to read books. "]
+    text = "".join(sentences[(i * 7 + i // 3) % 3] for i in range(800))
+    (work / "corpus.txt").write_text(text)
+    run([prepare, "--out", work / "data", "--tokenizer", "char", work / "corpus.txt"])
+
+
+def small_run(work):
+    """The model, data, optimizer and schedule of the end-to-end runs (a 2-layer GPT on the corpus)."""
+    return {
+        "seed": 11,
+        "model": {"block_size": 16, "n_layers": 2, "n_heads": 2, "d_model": 32},
+        "data": {"dir": str(work / "data")},
+        "optimizer": {"type": "adamw", "lr": 3e-3, "betas": [0.9, 0.99], "weight_decay": 0.1},
+        "schedule": {"type": "cosine", "warmup_steps": 2, "min_factor": 0.1},
+    }
+
+
 def main():
     parser = argparse.ArgumentParser()
     for option in ("--launch", "--train", "--prepare", "--generate", "--work"):
@@ -85,18 +104,9 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    # A small regular corpus, char-level shards.
-    sentences = ["the cat sat on the mat. ", "a dog ran to the park. ", "we like to read books. "]
-    text = "".join(sentences[(i * 7 + i // 3) % 3] for i in range(800))
-    (work / "corpus.txt").write_text(text)
-    run([args.prepare, "--out", work / "data", "--tokenizer", "char", work / "corpus.txt"])
-
+    prepare_corpus(work, args.prepare)
     config = {
-        "seed": 11,
-        "model": {"block_size": 16, "n_layers": 2, "n_heads": 2, "d_model": 32},
-        "data": {"dir": str(work / "data")},
-        "optimizer": {"type": "adamw", "lr": 3e-3, "betas": [0.9, 0.99], "weight_decay": 0.1},
-        "schedule": {"type": "cosine", "warmup_steps": 2, "min_factor": 0.1},
+        **small_run(work),
         "training": {"max_steps": STEPS, "batch_size": 8, "grad_clip": 1.0},
         "eval": {"interval": 6, "batches": 2, "samples": 0},
         "checkpoint": {"interval": 6, "keep_last": 5},
@@ -117,7 +127,7 @@ def main():
         two = work / f"run_2ranks_zero{stage}"
         out = run(shlex.split(args.launch) + [args.train, "--config", config_path, "--set", f"out_dir={two}",
                                               "--set", f"parallel.zero_stage={stage}"])
-        assert "2 rank(s), global batch 8 = 2 x micro-batch 4" in out, out
+        assert "2 rank(s) (data parallel), global batch 8 = 2 x micro-batch 4" in out, out
         compare(f"2 ranks, zero stage {stage}", single, losses(two))
         compare_parameters(params_one, read_safetensors(two / final))
         if stage > 0:
