@@ -7,6 +7,7 @@
 #include "autograd/grad_mode.h"
 #include "autograd/ops.h"
 #include "parallel/context_parallel.h"
+#include "parallel/pipeline_p2p.h"
 #include "parallel/state_exchange.h"
 #include "parallel/tp_checkpoint.h"
 
@@ -68,6 +69,10 @@ ModelParallelRunner::ModelParallelRunner(const nn::Transformer& master, std::sha
     const bool end = rank == 0 || rank == pp - 1;
     embedding_group_ = mesh_->pp_group()->split(end ? 0 : rank, rank, "embedding");
   }
+  // The channels run_pipeline_step uses (made here, where every rank makes them together).
+  PipelineChannels channels = PipelineChannels::for_group(mesh_->pp_group());
+  activation_channel_ = channels.activations;
+  gradient_channel_ = channels.gradients;
 }
 
 int ModelParallelRunner::data_rank() const { return mesh_->ep_rank() + mesh_->size(MeshDim::ep) * mesh_->dp_rank(); }
@@ -148,6 +153,32 @@ double ModelParallelRunner::evaluate(const Tensor& tokens, const Tensor& targets
   pp.broadcast(value, p - 1);
   replica_group_->all_reduce(value, ReduceOp::avg);
   return value.item();
+}
+
+std::vector<std::shared_ptr<Communicator>> ModelParallelRunner::groups() const {
+  std::vector<std::shared_ptr<Communicator>> all;
+  for (int d = 0; d < kMeshDims; ++d) all.push_back(mesh_->group(static_cast<MeshDim>(d)));
+  for (const auto& group : {replica_group_, expert_replica_group_, embedding_group_, activation_channel_,
+                            gradient_channel_}) {
+    if (group) all.push_back(group);
+  }
+  return all;
+}
+
+CommunicationStats ModelParallelRunner::communication_stats() const {
+  CommunicationStats total;
+  for (const auto& group : groups()) {
+    CommunicationStats stats = group->stats();
+    for (int c = 0; c < kCollectiveCount; ++c) {
+      total.bytes_sent[static_cast<size_t>(c)] += stats.bytes_sent[static_cast<size_t>(c)];
+      total.calls[static_cast<size_t>(c)] += stats.calls[static_cast<size_t>(c)];
+    }
+  }
+  return total;
+}
+
+void ModelParallelRunner::reset_communication_stats() {
+  for (const auto& group : groups()) group->reset_stats();
 }
 
 bool ModelParallelRunner::is_expert(const std::string& name) const {

@@ -88,6 +88,11 @@ class ModelParallelRunner {
   double clip_grad_norm(double max_norm, ZeroOptimizer* zero = nullptr);
   double grad_norm(ZeroOptimizer* zero = nullptr) { return clip_grad_norm(0.0, zero); }
 
+  // Bytes and calls of every group this rank communicates on (mesh groups, replica groups, the
+  // pipeline's channels), summed; and their reset.
+  CommunicationStats communication_stats() const;
+  void reset_communication_stats();
+
   // The ranks over which dense parameters are replicated (dp x cp x ep) and experts (dp x cp).
   const std::shared_ptr<Communicator>& replica_group() const { return replica_group_; }
   const std::shared_ptr<Communicator>& expert_replica_group() const { return expert_replica_group_; }
@@ -102,6 +107,7 @@ class ModelParallelRunner {
 
  private:
   bool is_expert(const std::string& name) const;
+  std::vector<std::shared_ptr<Communicator>> groups() const;
   double norm_weight(const NamedParameter& parameter) const;
   // Micro-batch j of rows (B, T) -> this cp rank's (B / m, T / cp).
   Tensor micro_batch(const Tensor& rows, int64_t index) const;
@@ -111,6 +117,7 @@ class ModelParallelRunner {
   std::shared_ptr<ParallelTransformer> model_;
   std::shared_ptr<Communicator> replica_group_, expert_replica_group_;
   std::shared_ptr<Communicator> embedding_group_;  // the first and last pipeline stage, when tied
+  std::shared_ptr<Communicator> activation_channel_, gradient_channel_;  // the pipeline's (pipeline_p2p.h)
   PipelineStepResult last_step_;
 };
 
