@@ -128,7 +128,8 @@ void measure(const Layout& layout, const std::shared_ptr<parallel::Communicator>
   char bubble[48] = "-";
   if (pp > 1) {
     parallel::PipelineOptions options;
-    options.with_schedule(layout.schedule).with_microbatches(kMicroBatches).with_virtual_stages(layout.virtual_stages);
+    options.with_schedule(layout.schedule).with_microbatches(kMicroBatches).with_virtual_stages(layout.virtual_stages)
+        .with_activation_shape({1});
     std::snprintf(bubble, sizeof(bubble), "%.2f vs %.2f", median(bubbles),
                   parallel::predicted_bubble_fraction(options, pp));
   }

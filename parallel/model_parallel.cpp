@@ -61,6 +61,7 @@ ModelParallelRunner::ModelParallelRunner(const nn::Transformer& master, std::sha
                   .context_parallel(mesh_->cp_group())
                   .expert_parallel(mesh_->ep_group())
                   .sequence_parallel(options_.sequence_parallel())
+                  .dropout_generator(options_.dropout_generator())
                   .pipeline(pp, mesh_->pp_rank(), options_.virtual_stages()));
   replica_group_ = mesh_->group_over({MeshDim::dp, MeshDim::cp, MeshDim::ep});
   expert_replica_group_ = mesh_->group_over({MeshDim::dp, MeshDim::cp});

@@ -44,6 +44,10 @@ class ModelParallelOptions {
   ModelParallelOptions& microbatches(int64_t value) { microbatches_ = value; return *this; }
   ModelParallelOptions& virtual_stages(int value) { virtual_stages_ = value; return *this; }
   ModelParallelOptions& sequence_parallel(bool value) { sequence_parallel_ = value; return *this; }
+  // Dropout's random stream (see tp_transformer.h: the same state on a tensor-parallel group's
+  // ranks without sequence parallelism, distinct with it).
+  ModelParallelOptions& dropout_generator(Generator* value) { dropout_generator_ = value; return *this; }
+  Generator* dropout_generator() const { return dropout_generator_; }
   PipelineSchedule schedule() const { return schedule_; }
   int64_t microbatches() const { return microbatches_; }
   int virtual_stages() const { return virtual_stages_; }
@@ -54,6 +58,7 @@ class ModelParallelOptions {
   int64_t microbatches_ = 1;
   int virtual_stages_ = 1;
   bool sequence_parallel_ = false;
+  Generator* dropout_generator_ = nullptr;
 };
 
 class ModelParallelRunner {

@@ -88,7 +88,6 @@ std::pair<int64_t, int64_t> pipeline_stage_layers(int64_t layers, int stage, int
 ParallelTransformerBlock::ParallelTransformerBlock(const nn::TransformerBlock& master,
                                                    const ParallelTransformerOptions& options)
     : nn::Module("ParallelTransformerBlock"), tp_(options.tp), sequence_parallel_(options.sequence) {
-  KILN_CHECK(!master.dropout, "ParallelTransformer: dropout is not supported under tensor parallelism yet");
   if (master.rms_norm1) {
     rms_norm1 = register_module("norm1", copy_rms_norm(master.rms_norm1));
   } else {
@@ -112,14 +111,16 @@ ParallelTransformerBlock::ParallelTransformerBlock(const nn::TransformerBlock& m
   } else {
     mlp = register_module("mlp", std::make_shared<ParallelMLP>(*master.mlp, tp_, sequence_parallel_));
   }
+  if (master.dropout) dropout = register_module("dropout", std::make_shared<nn::Dropout>(master.dropout->p, options.generator));
 }
 
 Tensor ParallelTransformerBlock::forward(const Tensor& x, const Tensor& positions) {
   return with_hooks(x, [&] {
-    Tensor h = add(x, attn->forward(normalize(layer_norm1, rms_norm1, x, tp_, sequence_parallel_), positions));
+    auto residual = [&](const Tensor& update) { return dropout ? dropout->forward(update) : update; };
+    Tensor h = add(x, residual(attn->forward(normalize(layer_norm1, rms_norm1, x, tp_, sequence_parallel_), positions)));
     Tensor normed = normalize(layer_norm2, rms_norm2, h, tp_, sequence_parallel_);
-    if (moe) return add(h, moe->forward(normed));
-    return add(h, swiglu ? swiglu->forward(normed) : mlp->forward(normed));
+    if (moe) return add(h, residual(moe->forward(normed)));
+    return add(h, residual(swiglu ? swiglu->forward(normed) : mlp->forward(normed)));
   });
 }
 
@@ -135,7 +136,9 @@ ParallelTransformerBlock& StageBlocks::at(int64_t layer) const {
 
 ParallelTransformer::ParallelTransformer(const nn::TransformerConfig& model_config, Group tp, Generator* generator,
                                          bool sequence_parallel)
-    : ParallelTransformer(nn::Transformer(model_config, generator), std::move(tp), sequence_parallel) {}
+    : ParallelTransformer(nn::Transformer(model_config, generator),
+                          ParallelTransformerOptions().tensor_parallel(std::move(tp)).sequence_parallel(sequence_parallel)
+                              .dropout_generator(generator)) {}
 
 ParallelTransformer::ParallelTransformer(const nn::Transformer& master, Group tp, bool sequence_parallel)
     : ParallelTransformer(master, ParallelTransformerOptions().tensor_parallel(std::move(tp)).sequence_parallel(
@@ -145,7 +148,9 @@ ParallelTransformer::ParallelTransformer(const nn::Transformer& master, const Pa
     : nn::Module("ParallelTransformer"), config(master.config), options_(resolved(options)) {
   KILN_CHECK(!config.activation_checkpointing,
              "ParallelTransformer: activation checkpointing is not supported under model parallelism yet");
-  KILN_CHECK(!master.dropout, "ParallelTransformer: dropout is not supported under tensor parallelism yet");
+  KILN_CHECK(!master.dropout || options_.generator != nullptr,
+             "ParallelTransformer: the model has dropout ", config.dropout,
+             " but no dropout generator was given (ParallelTransformerOptions::dropout_generator)");
   KILN_CHECK(options_.pipeline_size >= 1 && options_.pipeline_rank >= 0 &&
                  options_.pipeline_rank < options_.pipeline_size && options_.chunks >= 1,
              "ParallelTransformer: pipeline rank ", options_.pipeline_rank, " of ", options_.pipeline_size, " with ",
@@ -162,6 +167,9 @@ ParallelTransformer::ParallelTransformer(const nn::Transformer& master, const Pa
     position_embedding = register_module("position_embedding",
                                          std::make_shared<nn::Embedding>(table.size(0), table.size(1)));
     copy_parameter(position_embedding->weight, table);
+  }
+  if (first && master.dropout) {
+    dropout = register_module("dropout", std::make_shared<nn::Dropout>(master.dropout->p, options_.generator));
   }
   blocks = register_module("blocks", std::make_shared<StageBlocks>());
   for (int chunk = 0; chunk < chunks(); ++chunk) {
@@ -205,7 +213,7 @@ Tensor ParallelTransformer::embed(const Tensor& tokens, const Tensor& where) {
     Tensor mine = where.narrow(0, sequence ? tp->rank() * local : 0, local);
     x = add(x, embedding(mine, replicated(position_embedding->weight, tp, sequence)));
   }
-  return x;
+  return dropout ? dropout->forward(x) : x;
 }
 
 Tensor ParallelTransformer::logits(const Tensor& hidden) {

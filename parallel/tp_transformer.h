@@ -31,8 +31,13 @@
 // position parameters are read through copy_to_tensor_parallel_region, so their gradients are
 // summed over the group.
 //
-// Not supported (each rejected with an error): dropout (a replicated region would need the same
-// random stream on every tensor-parallel rank), activation checkpointing, KV caches, MoE layers
+// Dropout (embedding and residual, as nn::Transformer) draws from options.dropout_generator. Its
+// masks apply to the replicated residual stream, so without sequence parallelism every rank of a
+// tensor-parallel group must hold the same generator state (the same seed), and with it each rank
+// its own (its tokens differ). A generator seeded as the master's after construction makes TP = n
+// draw exactly the masks nn::Transformer draws.
+//
+// Not supported (each rejected with an error): activation checkpointing, KV caches, MoE layers
 // with sequence parallelism.
 #pragma once
 
@@ -54,6 +59,8 @@ class ParallelTransformerOptions {
   ParallelTransformerOptions& context_parallel(Group value) { cp = std::move(value); return *this; }
   ParallelTransformerOptions& expert_parallel(Group value) { ep = std::move(value); return *this; }
   ParallelTransformerOptions& sequence_parallel(bool value) { sequence = value; return *this; }
+  // The random stream of dropout (needed when the config's dropout is above 0; see above).
+  ParallelTransformerOptions& dropout_generator(Generator* value) { generator = value; return *this; }
   // This rank's place in a pipeline of `size` ranks, each holding `virtual_stages` model chunks.
   ParallelTransformerOptions& pipeline(int size, int rank, int virtual_stages = 1) {
     pipeline_size = size;
@@ -64,6 +71,7 @@ class ParallelTransformerOptions {
 
   Group tp, cp, ep;
   bool sequence = false;
+  Generator* generator = nullptr;
   int pipeline_size = 1, pipeline_rank = 0, chunks = 1;
 };
 
@@ -86,6 +94,7 @@ class ParallelTransformerBlock : public nn::Module {
   std::shared_ptr<ParallelMLP> mlp;
   std::shared_ptr<ParallelSwiGLU> swiglu;
   std::shared_ptr<ExpertParallelMoE> moe;
+  std::shared_ptr<nn::Dropout> dropout;  // on each sublayer's output, when the config has dropout
 
  private:
   Group tp_;
@@ -107,7 +116,8 @@ class StageBlocks : public nn::Module {
 
 class ParallelTransformer : public nn::Module {
  public:
-  // Builds nn::Transformer(config, generator) as the master, then keeps this rank's part.
+  // Builds nn::Transformer(config, generator) as the master, then keeps this rank's part; dropout
+  // continues to draw from `generator`.
   ParallelTransformer(const nn::TransformerConfig& config, Group tp, Generator* generator = nullptr,
                       bool sequence_parallel = false);
   ParallelTransformer(const nn::Transformer& master, Group tp, bool sequence_parallel = false);
@@ -141,6 +151,7 @@ class ParallelTransformer : public nn::Module {
   nn::TransformerConfig config;
   std::shared_ptr<VocabParallelEmbedding> token_embedding;  // first stage, and the last when tied
   std::shared_ptr<nn::Embedding> position_embedding;        // gpt2, first stage
+  std::shared_ptr<nn::Dropout> dropout;                     // on the embeddings (first stage), with dropout
   std::shared_ptr<StageBlocks> blocks;
   std::shared_ptr<nn::LayerNorm> final_layer_norm;  // gpt2, last stage
   std::shared_ptr<nn::RMSNorm> final_rms_norm;      // llama, last stage

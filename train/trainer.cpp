@@ -145,8 +145,6 @@ void Trainer::build_model_parallel() {
   KILN_CHECK(layout.zero_stage == 0 || layout.expert_parallel == 1,
              "parallel.zero_stage 1 is not supported with expert_parallel > 1 (expert and dense parameters are "
              "replicated over different ranks)");
-  KILN_CHECK(config_.model.dropout == 0.0, "model.dropout ", config_.model.dropout,
-             " is not supported with tensor, pipeline, context or expert parallelism (set it to 0)");
   auto shape = parallel::MeshShape()
                    .tp(static_cast<int>(layout.tensor_parallel))
                    .cp(static_cast<int>(layout.context_parallel))
@@ -155,13 +153,21 @@ void Trainer::build_model_parallel() {
                    .pp(static_cast<int>(layout.pipeline_parallel));
   shape.check_model(config_.model, config_.model.block_size);
   mesh_ = std::make_shared<const parallel::Mesh>(world_, shape);
+  // Dropout masks the replicated residual stream: without sequence parallelism the ranks of a
+  // tensor-parallel group draw one stream (that of its tp rank 0), with it each its own.
+  int stream = rank_;
+  if (!layout.sequence_parallel) {
+    stream = mesh_->world_rank_at({0, mesh_->cp_rank(), mesh_->ep_rank(), mesh_->dp_rank(), mesh_->pp_rank()});
+  }
+  generator_.manual_seed(dropout_seed(config_.seed, stream));
   runner_ = std::make_unique<parallel::ModelParallelRunner>(
       *model_, mesh_,
       parallel::ModelParallelOptions()
           .schedule(parallel::parse_pipeline_schedule(layout.pipeline_schedule))
           .microbatches(config_.training.grad_accumulation)
           .virtual_stages(static_cast<int>(layout.virtual_stages))
-          .sequence_parallel(layout.sequence_parallel));
+          .sequence_parallel(layout.sequence_parallel)
+          .dropout_generator(&generator_));
   runner_->model().train();
   data_rank_ = runner_->data_rank();
   data_ranks_ = runner_->data_ranks();

@@ -34,14 +34,16 @@ struct Layout {
   int virtual_stages = 1;
   bool sequence_parallel = false;
   int zero_stage = 0;
+  double dropout = 0.0;
 };
 
 // 4 layers, so 2 stages of 2 virtual stages each have one; heads (and llama's 4 kv heads) split
 // by tp up to 4.
-nn::TransformerConfig mp_config(const std::string& family) {
+nn::TransformerConfig mp_config(const std::string& family, double dropout = 0.0) {
   nn::TransformerConfig config = family == "gpt2" ? nn::TransformerConfig::gpt2(kMpVocab, kMpSeq, 4, 4, 8)
                                                   : nn::TransformerConfig::llama(kMpVocab, kMpSeq, 4, 8, 4, 16);
   config.ffn_hidden = 24;
+  config.dropout = dropout;
   if (family == "moe") {
     config.moe.n_experts = 4;
     config.moe.top_k = 2;
@@ -85,12 +87,16 @@ Tensor reference_micro_batch(int64_t step, int64_t micro, int data_ranks, bool t
   return cat(parts, 0);
 }
 
+// After the models are built, dropout draws from a generator seeded with this.
+constexpr uint64_t kDropoutSeed = 99;
+
 struct Reference {
+  Generator generator{kSeed};
   std::unique_ptr<nn::Transformer> model;
   std::unique_ptr<optim::Optimizer> optimizer;
   Reference(const nn::TransformerConfig& config, const std::string& family) {
-    Generator generator(kSeed);
     model = std::make_unique<nn::Transformer>(config, &generator);
+    generator.manual_seed(kDropoutSeed);
     optimizer = make_optimizer(family, *model);
   }
   // One step with m micro-batches; returns {mean loss, gradient norm before clipping}.
@@ -111,6 +117,7 @@ struct Reference {
 
 // The parallel side: the runner, its optimizer (plain or ZeRO-1 over the replica group).
 struct Parallel {
+  Generator dropout{kDropoutSeed};  // the same stream on every rank: tensor parallelism without SP
   std::unique_ptr<ModelParallelRunner> runner;
   std::unique_ptr<optim::Optimizer> optimizer;
   std::unique_ptr<ZeroOptimizer> zero;
@@ -120,7 +127,8 @@ struct Parallel {
                                                        .schedule(layout.schedule)
                                                        .microbatches(kMicroBatches)
                                                        .virtual_stages(layout.virtual_stages)
-                                                       .sequence_parallel(layout.sequence_parallel));
+                                                       .sequence_parallel(layout.sequence_parallel)
+                                                       .dropout_generator(&dropout));
     nn::Module& model = runner->model();
     if (layout.zero_stage > 0) {
       zero = std::make_unique<ZeroOptimizer>(model, runner->replica_group(), parameter_groups(layout.family, model),
@@ -151,7 +159,7 @@ void check_layout(const Layout& layout) {
   if (layout.shape.product() != world_size) return;
   INFO(layout.name << " (" << layout.family << ", " << pipeline_schedule_name(layout.schedule) << ", "
                    << layout.shape.describe() << "), world rank " << world_group().rank());
-  const nn::TransformerConfig config = mp_config(layout.family);
+  const nn::TransformerConfig config = mp_config(layout.family, layout.dropout);
   auto mesh = std::make_shared<const Mesh>(world_ptr(), layout.shape);
   Reference reference(config, layout.family);
   Generator generator(kSeed);
@@ -193,6 +201,11 @@ TEST_CASE("model parallel: one dimension at a time") {
   check_layout({"CP", MeshShape().cp(n), "gpt2"});
   check_layout({"EP", MeshShape().ep(n), "moe"});
   check_layout({"DP", MeshShape().dp(n)});
+  // Dropout on the replicated residual stream: every tensor-parallel rank draws the masks the
+  // single process draws, from the same stream.
+  Layout dropout{"TP with dropout", MeshShape().tp(n), "gpt2"};
+  dropout.dropout = 0.2;
+  check_layout(dropout);
 }
 
 TEST_CASE("model parallel: combined layouts") {

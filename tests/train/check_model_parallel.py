@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """kiln-train's model parallelism, end to end: the same config (global batch 8, 2 micro-batches)
 on 1 rank and under `mpirun -np 2` with each layout as a config entry (tensor parallel, with
-sequence parallelism, pipeline parallel with GPipe and 1F1B, context parallel, expert parallel on
-an MoE model) must give the same loss at every step (1e-5 relative) and the same final parameters
+sequence parallelism, with dropout, pipeline parallel with GPipe and 1F1B, context parallel,
+expert parallel on an MoE model) must give the same loss at every step (1e-5 relative) and the same final parameters
 (1e-4 of the largest magnitude; the float sums run in another order, which AdamW passes on).
 
 Checkpoints are written in the layout of the whole model, so they move between layouts: the
@@ -73,6 +73,14 @@ def main():
         assert "2 rank(s) (tp " in printed, printed
         compare(f"{name} vs 1 rank", single, losses(out))
         compare_parameters(params_one, read_safetensors(out / final))
+
+    # Dropout: the tensor-parallel ranks draw the single process's masks from the same stream.
+    dropout_one = work / "dropout_1rank"
+    train(dropout_one, "model.dropout=0.1", ranks=1)
+    dropout_tp = work / "dropout_tp2"
+    train(dropout_tp, "model.dropout=0.1", *LAYOUTS["tp2"])
+    compare("tp2 vs 1 rank, dropout 0.1", losses(dropout_one), losses(dropout_tp))
+    compare_parameters(read_safetensors(dropout_one / final), read_safetensors(dropout_tp / final))
 
     # Expert parallelism: an MoE model, whose routing and auxiliary loss span both ranks' tokens.
     moe = ["model.moe.n_experts=4", "model.moe.top_k=2", "model.moe.expert_hidden=32"]
