@@ -21,7 +21,7 @@ class GradientReducer {
     bool ready = false;  // its gradient is in the bucket for this round
   };
   struct Bucket {
-    Tensor flat;                // (elements) of the bucket's dtype and device
+    Tensor flat;                // (elements) in the reduce dtype, on the parameters' device
     std::vector<size_t> slots;  // indices into slots_
     size_t pending = 0;         // slots not ready yet this round
     bool launched = false;
@@ -52,7 +52,8 @@ class GradientReducer {
     }
     for (size_t b = 0; b < buckets_.size(); ++b) {
       const Tensor& first = slots_[buckets_[b].slots.front()].parameter;
-      buckets_[b].flat = empty({bucket_elements[b]}, TensorOptions(first.dtype()).device(first.device()));
+      const DType reduced = options_.reduce_dtype().value_or(first.dtype());
+      buckets_[b].flat = empty({bucket_elements[b]}, TensorOptions(reduced).device(first.device()));
       buckets_[b].pending = buckets_[b].slots.size();
     }
   }
@@ -109,7 +110,8 @@ class GradientReducer {
         if (grad.defined()) {
           grad.copy_(averaged);
         } else {
-          slot.parameter.set_grad(averaged.clone());
+          slot.parameter.set_grad(averaged.dtype() == slot.parameter.dtype() ? averaged.clone()
+                                                                             : averaged.to(slot.parameter.dtype()));
         }
       }
     }

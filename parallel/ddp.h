@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,8 +41,13 @@ class DDPOptions {
   DDPOptions& find_unused_parameters(bool value) { find_unused_parameters_ = value; return *this; }
   // Whether rank 0's parameters and buffers are broadcast to every rank at construction.
   DDPOptions& broadcast_at_start(bool value) { broadcast_at_start_ = value; return *this; }
+  // The dtype gradients are averaged in (default: each parameter's own). A bf16 model's
+  // gradients reduced in f32 are summed without bf16 rounding at every step of the reduction,
+  // and rounded once when the average is written back, at twice the bytes.
+  DDPOptions& reduce_dtype(DType value) { reduce_dtype_ = value; return *this; }
 
   int64_t bucket_bytes() const { return bucket_bytes_; }
+  std::optional<DType> reduce_dtype() const { return reduce_dtype_; }
   bool find_unused_parameters() const { return find_unused_parameters_; }
   bool broadcast_at_start() const { return broadcast_at_start_; }
 
@@ -49,6 +55,7 @@ class DDPOptions {
   int64_t bucket_bytes_ = 25 * 1024 * 1024;
   bool find_unused_parameters_ = false;
   bool broadcast_at_start_ = true;
+  std::optional<DType> reduce_dtype_;
 };
 
 class GradientReducer;

@@ -108,6 +108,55 @@ TEST_CASE("DDP sends each gradient once per step: the ring all-reduce volume", "
   }
 }
 
+// A bf16 model's gradients averaged in f32 (DDPOptions::reduce_dtype): twice the bytes of the
+// bf16 reduction, and the result is the f64 mean of the ranks' gradients rounded once to bf16.
+// Sums of two bf16 values are exact in f32, so at 2 ranks that holds bit for bit; at 4 the f32
+// sums may round, within one bf16 unit.
+TEST_CASE("DDP reduces bf16 gradients in f32 when asked", "[ddp]") {
+  Communicator& group = world_group();
+  for (bool in_f32 : {false, true}) {
+    INFO((in_f32 ? "reduce in f32" : "reduce in bf16"));
+    auto model = make_model("gpt2");
+    model->to(DType::bf16);
+    DDPOptions options = DDPOptions().bucket_bytes(1024);
+    if (in_f32) options.reduce_dtype(DType::f32);
+    DistributedDataParallel ddp(*model, world().communicator, options);
+    int64_t expected_bytes = 0;
+    for (const auto& bucket : ddp.bucket_parameter_names()) {
+      int64_t bucket_elements = 0;
+      for (const NamedParameter& p : model->named_parameters()) {
+        if (std::find(bucket.begin(), bucket.end(), p.name) != bucket.end()) bucket_elements += p.tensor.numel();
+      }
+      expected_bytes += ring_bytes::all_reduce(bucket_elements * (in_f32 ? 4 : 2), group.size());
+    }
+    group.reset_stats();
+    model->loss(batch_rows(0, group.rank(), 1, false), batch_rows(0, group.rank(), 1, true)).backward();
+    // Before synchronize each .grad still holds this rank's own gradient (DDP's buckets, started
+    // during backward, hold copies).
+    std::vector<Tensor> means;
+    for (const NamedParameter& p : model->named_parameters()) {
+      Tensor mean = p.tensor.grad().to(DType::f64);
+      group.all_reduce(mean, ReduceOp::sum);  // sums of bf16 values in f64: exact
+      means.push_back(mean * (1.0 / group.size()));
+      expected_bytes += ring_bytes::all_reduce(p.tensor.numel() * 8, group.size());
+    }
+    ddp.synchronize();
+    CHECK(group.stats().bytes(Collective::all_reduce) == expected_bytes);
+    if (!in_f32) continue;
+    NamedParameters parameters = model->named_parameters();
+    for (size_t i = 0; i < parameters.size(); ++i) {
+      INFO(parameters[i].name);
+      Tensor grad = parameters[i].tensor.grad();
+      REQUIRE(grad.dtype() == DType::bf16);
+      Tensor expected = means[i].to(DType::bf16).to(DType::f64);
+      const double difference = amax(abs(grad.to(DType::f64) - expected)).item<double>();
+      const double scale = amax(abs(expected)).item<double>();
+      if (group.size() <= 2) CHECK(difference == 0.0);
+      CHECK(difference <= scale / 256.0);
+    }
+  }
+}
+
 TEST_CASE("DDP names parameters that received no gradient, unless told to expect them", "[ddp]") {
   auto model = make_model("gpt2");
   Tensor tokens = batch_rows(0, 0, 1, false);

@@ -4,6 +4,7 @@ on 1 rank and under `mpirun -np 2` with each layout as a config entry (tensor pa
 sequence parallelism, with dropout, pipeline parallel with GPipe and 1F1B, context parallel,
 expert parallel on an MoE model) must give the same loss at every step (1e-5 relative) and the same final parameters
 (1e-4 of the largest magnitude; the float sums run in another order, which AdamW passes on).
+The ZeRO-1 run (a group of one here) saves through the consolidation of optimizer shards.
 
 Checkpoints are written in the layout of the whole model, so they move between layouts: the
 pipeline-parallel run's checkpoint at step 4 resumes on 1 rank, the tensor-parallel one too, and
@@ -27,6 +28,7 @@ LAYOUTS = {
     "pp2_gpipe": ["parallel.pipeline_parallel=2", "parallel.pipeline_schedule=gpipe"],
     "pp2_1f1b": ["parallel.pipeline_parallel=2"],
     "cp2": ["parallel.context_parallel=2"],
+    "tp2_zero1": ["parallel.tensor_parallel=2", "parallel.zero_stage=1"],
 }
 
 
