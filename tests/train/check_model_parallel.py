@@ -17,6 +17,7 @@ the run that never stopped.
 import argparse
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 from check_data_parallel import compare, compare_parameters, losses, prepare_corpus, read_safetensors, run, small_run
@@ -62,6 +63,15 @@ def main():
         if resume:
             command += ["--resume", resume]
         return run(command)
+
+    # A layout kiln-train does not support ends the whole job at once with a message naming it.
+    refused = subprocess.run([str(c) for c in launch + [args.train, "--config", config_path, "--set",
+                                                       f"out_dir={work / 'refused'}", "--set", "parallel.tensor_parallel=2",
+                                                       "--set", "parallel.zero_stage=2"]],
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0, refused.stdout
+    assert "parallel.zero_stage 2 is not supported with tensor, pipeline, context or expert parallelism" in refused.stderr, \
+        refused.stderr
 
     one = work / "run_1rank"
     train(one, ranks=1)
