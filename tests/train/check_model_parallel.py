@@ -2,8 +2,9 @@
 """kiln-train's model parallelism, end to end: the same config (global batch 8, 2 micro-batches)
 on 1 rank and under `mpirun -np 2` with each layout as a config entry (tensor parallel, with
 sequence parallelism, with dropout, pipeline parallel with GPipe and 1F1B, context parallel,
-expert parallel on an MoE model) must give the same loss at every step (1e-5 relative) and the same final parameters
-(1e-4 of the largest magnitude; the float sums run in another order, which AdamW passes on).
+expert parallel on an MoE model) must give the same loss at every step and the same validation
+losses (1e-5 relative), and the same final parameters (1e-4 of the largest magnitude; the float
+sums run in another order, which AdamW passes on).
 The ZeRO-1 run (a group of one here) saves through the consolidation of optimizer shards.
 
 Checkpoints are written in the layout of the whole model, so they move between layouts: the
@@ -23,6 +24,12 @@ from pathlib import Path
 from check_data_parallel import compare, compare_parameters, losses, prepare_corpus, read_safetensors, run, small_run
 
 STEPS = 8
+
+
+def val_losses(run_dir):
+    """The validation losses of a run (steps 4 and 8 here), which the layouts compute forward-only."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [record["val_loss"] for record in records if "val_loss" in record]
 LAYOUTS = {
     "tp2": ["parallel.tensor_parallel=2"],
     "tp2_sequence_parallel": ["parallel.tensor_parallel=2", "parallel.sequence_parallel=true"],
@@ -84,6 +91,7 @@ def main():
         printed = train(out, *settings)
         assert "2 rank(s) (tp " in printed, printed
         compare(f"{name} vs 1 rank", single, losses(out))
+        compare(f"{name} vs 1 rank, validation", val_losses(one), val_losses(out))
         compare_parameters(params_one, read_safetensors(out / final))
 
     # Dropout: the tensor-parallel ranks draw the single process's masks from the same stream.
