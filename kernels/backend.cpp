@@ -50,6 +50,22 @@ void Backend::rope(const View&, const View&, const View&, double, bool) {
   KILN_FAIL("rope: not available on the ", name(), " backend yet");
 }
 
+void Backend::sgd_update(const View&, const View&, const View&, const SgdHyper&) {
+  KILN_FAIL("sgd_update: not available on the ", name(), " backend yet");
+}
+
+void Backend::adagrad_update(const View&, const View&, const View&, const AdagradHyper&) {
+  KILN_FAIL("adagrad_update: not available on the ", name(), " backend yet");
+}
+
+void Backend::rmsprop_update(const View&, const View&, const View&, const View&, const View&, const RmspropHyper&) {
+  KILN_FAIL("rmsprop_update: not available on the ", name(), " backend yet");
+}
+
+void Backend::adam_update(const View&, const View&, const View&, const View&, const View&, const AdamHyper&) {
+  KILN_FAIL("adam_update: not available on the ", name(), " backend yet");
+}
+
 const char* unary_op_name(UnaryOp op) {
   switch (op) {
     case UnaryOp::neg: return "neg";

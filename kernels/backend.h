@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "kernels/optimizer_update.h"
 #include "kernels/view.h"
 
 namespace kiln::kernels {
@@ -150,6 +151,16 @@ class Backend {
   // position_t * theta^(-2i/D) with position_t = positions[t] (i64, (T)). `inverse` rotates by
   // the negative angle, which is the backward.
   virtual void rope(const View& x, const View& positions, const View& out, double theta, bool inverse);
+
+  // ---- fused optimizer updates (optimizer_update.h; the arithmetic of each is stated in
+  // kernels/cpu/optimizer_kernels.h): param, grad and every state buffer contiguous, of param's
+  // size and dtype (f32 or f64), on this device; an unused optional buffer has null data.
+  virtual void sgd_update(const View& param, const View& grad, const View& momentum_buffer, const SgdHyper& hyper);
+  virtual void adagrad_update(const View& param, const View& grad, const View& sum, const AdagradHyper& hyper);
+  virtual void rmsprop_update(const View& param, const View& grad, const View& square_avg, const View& grad_avg,
+                              const View& momentum_buffer, const RmspropHyper& hyper);
+  virtual void adam_update(const View& param, const View& grad, const View& exp_avg, const View& exp_avg_sq,
+                           const View& max_exp_avg_sq, const AdamHyper& hyper);
 
   // ---- random (Philox streams: element i of out depends only on seed, offset and i) ---------
   virtual void uniform(const View& out, double low, double high, uint64_t seed,

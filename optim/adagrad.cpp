@@ -1,7 +1,7 @@
 // Adagrad: option checks, the per-step learning rate and the call into the fused kernel.
 #include "optim/adagrad.h"
 
-#include "kernels/cpu/optimizer_kernels.h"
+#include "kernels/backend.h"
 
 namespace kiln::optim {
 
@@ -39,15 +39,13 @@ void Adagrad::validate(const OptimizerOptions& base, const std::string& where) c
 void Adagrad::update(const OptimizerOptions& base, const Tensor& parameter, const Tensor& grad,
                      ParameterState& state) {
   const auto& options = static_cast<const AdagradOptions&>(base);
-  kernels::cpu::AdagradHyper hyper;
+  kernels::AdagradHyper hyper;
   hyper.clr = options.lr() / (1.0 + static_cast<double>(state.step - 1) * options.lr_decay());
   hyper.eps = options.eps();
   hyper.weight_decay = options.weight_decay();
   Tensor& sum = state_buffer(state, "sum", parameter, options.initial_accumulator_value());
-  with_value_type(parameter.dtype(), [&](auto value) {
-    using T = decltype(value);
-    kernels::cpu::adagrad_update(parameter.data<T>(), grad.data<T>(), sum.data<T>(), parameter.numel(), hyper);
-  });
+  kernels::backend_for(parameter.device())
+      .adagrad_update(parameter.view_for_kernels(), grad.view_for_kernels(), sum.view_for_kernels(), hyper);
 }
 
 }  // namespace kiln::optim

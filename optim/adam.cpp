@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "kernels/cpu/optimizer_kernels.h"
+#include "kernels/backend.h"
 
 namespace kiln::optim {
 namespace {
@@ -21,7 +21,7 @@ template <typename Options>
 void adam_family_update(const Options& options, bool decoupled, const Tensor& parameter, const Tensor& grad,
                         const ParameterState& state, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                         const Tensor& max_exp_avg_sq) {
-  kernels::cpu::AdamHyper hyper;
+  kernels::AdamHyper hyper;
   hyper.lr = options.lr();
   hyper.beta1 = options.beta1();
   hyper.beta2 = options.beta2();
@@ -34,11 +34,9 @@ void adam_family_update(const Options& options, bool decoupled, const Tensor& pa
     hyper.bias_correction1 = 1.0 - std::pow(options.beta1(), step);
     hyper.bias_correction2 = 1.0 - std::pow(options.beta2(), step);
   }
-  with_value_type(parameter.dtype(), [&](auto value) {
-    using T = decltype(value);
-    kernels::cpu::adam_update(parameter.data<T>(), grad.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(),
-                              data_or_null<T>(max_exp_avg_sq), parameter.numel(), hyper);
-  });
+  kernels::backend_for(parameter.device())
+      .adam_update(parameter.view_for_kernels(), grad.view_for_kernels(), exp_avg.view_for_kernels(),
+                   exp_avg_sq.view_for_kernels(), optional_view(max_exp_avg_sq), hyper);
 }
 
 }  // namespace

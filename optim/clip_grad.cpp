@@ -1,23 +1,23 @@
-// Gradient norm, clipping and non-finite detection on the CPU kernels of
-// kernels/cpu/optimizer_kernels.h.
+// Gradient norm, clipping and non-finite detection: on the CPU with the kernels of
+// kernels/cpu/optimizer_kernels.h (blocked double sums: the same bits for any thread count), on
+// other devices with tensor ops (a double sum on the device, copied back).
 #include "optim/clip_grad.h"
 
 #include <cmath>
 #include <sstream>
 
 #include "autograd/grad_mode.h"
+#include "autograd/ops.h"
 #include "kernels/cpu/optimizer_kernels.h"
 #include "optim/optimizer.h"
 
 namespace kiln::optim {
 namespace {
 
-// The defined gradient of `parameter`, checked to be a CPU f32/f64 tensor; undefined when none.
+// The defined gradient of `parameter`, checked to be an f32/f64 tensor; undefined when none.
 Tensor checked_grad(const NamedParameter& parameter, const char* op) {
   Tensor grad = parameter.tensor.grad();
   if (!grad.defined()) return grad;
-  KILN_CHECK(grad.device().is_cpu(), op, ": the gradient of '", parameter.name, "' is on ", grad.device().str(),
-             "; gradient clipping runs on the CPU only for now");
   KILN_CHECK(grad.dtype() == DType::f32 || grad.dtype() == DType::f64, op, ": the gradient of '", parameter.name,
              "' has dtype ", dtype_name(grad.dtype()), " (expected f32 or f64)");
   return grad;
@@ -28,6 +28,12 @@ double local_squared_norm(const NamedParameters& parameters, const char* op) {
   for (const NamedParameter& parameter : parameters) {
     Tensor grad = checked_grad(parameter, op);
     if (!grad.defined()) continue;
+    if (!grad.device().is_cpu()) {
+      NoGradGuard no_grad;
+      Tensor wide = grad.to(DType::f64);
+      total += sum(mul(wide, wide)).item<double>();
+      continue;
+    }
     Tensor values = grad.contiguous();
     with_value_type(values.dtype(), [&](auto value) {
       using T = decltype(value);
@@ -72,7 +78,7 @@ double clip_grad_norm(const NamedParameters& parameters, double max_norm, const 
   for (const NamedParameter& parameter : parameters) {
     Tensor grad = parameter.tensor.grad();
     if (!grad.defined()) continue;
-    if (!grad.is_contiguous()) {
+    if (!grad.is_contiguous() || !grad.device().is_cpu()) {
       grad.mul_(coefficient);
       continue;
     }
@@ -91,7 +97,7 @@ void clip_grad_value(const NamedParameters& parameters, double clip_value) {
   for (const NamedParameter& parameter : parameters) {
     Tensor grad = checked_grad(parameter, "clip_grad_value");
     if (!grad.defined()) continue;
-    if (!grad.is_contiguous()) {
+    if (!grad.is_contiguous() || !grad.device().is_cpu()) {
       grad.clamp_(-clip_value, clip_value);
       continue;
     }
@@ -108,6 +114,12 @@ std::vector<std::string> nonfinite_gradients(const NamedParameters& parameters) 
   for (const NamedParameter& parameter : parameters) {
     Tensor grad = checked_grad(parameter, "nonfinite_gradients");
     if (!grad.defined()) continue;
+    if (!grad.device().is_cpu()) {
+      // 0 x |g| is 0 for every finite element and NaN for an infinite or NaN one.
+      NoGradGuard no_grad;
+      if (std::isnan(sum(abs(grad.to(DType::f64)) * 0.0).item<double>())) names.push_back(parameter.name);
+      continue;
+    }
     Tensor values = grad.contiguous();
     bool finite = true;
     with_value_type(values.dtype(), [&](auto value) {

@@ -157,8 +157,6 @@ void Optimizer::step() {
       const Tensor& tensor = parameter.tensor;
       Tensor grad = tensor.grad();
       if (!grad.defined()) continue;
-      KILN_CHECK(tensor.device().is_cpu(), name_, ": parameter '", parameter.name, "' is on ", tensor.device().str(),
-                 "; optimizer updates run on the CPU only for now");
       KILN_CHECK(tensor.dtype() == DType::f32 || tensor.dtype() == DType::f64, name_, ": parameter '", parameter.name,
                  "' has dtype ", dtype_name(tensor.dtype()), " (expected f32 or f64)");
       KILN_CHECK(tensor.is_contiguous(), name_, ": parameter '", parameter.name, "' with shape ",

@@ -12,8 +12,10 @@
 //   optimizer.zero_grad();
 //
 // step() follows torch.optim: a parameter whose .grad is undefined is skipped (its state and
-// step count do not advance). Every update is one fused kernel pass (kernels/cpu/
-// optimizer_kernels.h) run under NoGradGuard; the parameter's version is bumped afterwards.
+// step count do not advance). Every update is one fused kernel pass of the parameter's device
+// (kernels::Backend's *_update; kernels/cpu/optimizer_kernels.h states the arithmetic, and
+// kernels/cuda/optimizer.cu mirrors it) run under NoGradGuard; the parameter's version is bumped
+// afterwards.
 #pragma once
 
 #include <cstdint>
@@ -122,7 +124,8 @@ class Optimizer {
   const std::string& name() const { return name_; }
 
   // Applies one update to every parameter that has a gradient. Hyperparameters and parameters
-  // (CPU, contiguous, f32 or f64) are all checked before anything is written.
+  // (contiguous, f32 or f64, gradients and state on the parameter's device) are all checked
+  // before anything is written.
   void step();
   // Drops every gradient (set_to_none) or fills the defined ones with zeros.
   void zero_grad(bool set_to_none = true);
@@ -162,7 +165,7 @@ class Optimizer {
   virtual void validate(const OptimizerOptions& options, const std::string& where) const = 0;
   // The buffer names this optimizer may keep per parameter (load_state_dict rejects others).
   virtual std::vector<std::string> buffer_names() const = 0;
-  // Updates one parameter (f32 or f64, contiguous, CPU) with its gradient (same dtype, shape,
+  // Updates one parameter (f32 or f64, contiguous, on any device) with its gradient (same dtype, shape,
   // contiguous). state.step already counts this update. Runs under NoGradGuard.
   virtual void update(const OptimizerOptions& options, const Tensor& parameter, const Tensor& grad,
                       ParameterState& state) = 0;
@@ -197,10 +200,9 @@ void with_value_type(DType dtype, Body&& body) {
   }
 }
 
-// The data of an optional state buffer, or null when it is undefined.
-template <typename T>
-T* data_or_null(const Tensor& tensor) {
-  return tensor.defined() ? tensor.data<T>() : nullptr;
+// The kernels' view of an optional state buffer: null data when it is undefined.
+inline kernels::View optional_view(const Tensor& tensor) {
+  return tensor.defined() ? tensor.view_for_kernels() : kernels::View{};
 }
 
 // `value` in its shortest round-trip form (0.1, not 0.10000000000000001), for messages.

@@ -1,7 +1,7 @@
 // RMSprop: option checks, lazily created buffers and the call into the fused kernel.
 #include "optim/rmsprop.h"
 
-#include "kernels/cpu/optimizer_kernels.h"
+#include "kernels/backend.h"
 
 namespace kiln::optim {
 
@@ -41,7 +41,7 @@ void RMSprop::validate(const OptimizerOptions& base, const std::string& where) c
 void RMSprop::update(const OptimizerOptions& base, const Tensor& parameter, const Tensor& grad,
                      ParameterState& state) {
   const auto& options = static_cast<const RMSpropOptions&>(base);
-  kernels::cpu::RmspropHyper hyper;
+  kernels::RmspropHyper hyper;
   hyper.lr = options.lr();
   hyper.alpha = options.alpha();
   hyper.eps = options.eps();
@@ -52,11 +52,9 @@ void RMSprop::update(const OptimizerOptions& base, const Tensor& parameter, cons
   Tensor grad_avg, buffer;
   if (options.centered()) grad_avg = state_buffer(state, "grad_avg", parameter);
   if (options.momentum() > 0) buffer = state_buffer(state, "momentum_buffer", parameter);
-  with_value_type(parameter.dtype(), [&](auto value) {
-    using T = decltype(value);
-    kernels::cpu::rmsprop_update(parameter.data<T>(), grad.data<T>(), square_avg.data<T>(), data_or_null<T>(grad_avg),
-                                 data_or_null<T>(buffer), parameter.numel(), hyper);
-  });
+  kernels::backend_for(parameter.device())
+      .rmsprop_update(parameter.view_for_kernels(), grad.view_for_kernels(), square_avg.view_for_kernels(),
+                      optional_view(grad_avg), optional_view(buffer), hyper);
 }
 
 }  // namespace kiln::optim

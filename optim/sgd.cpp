@@ -1,7 +1,7 @@
 // SGD: option checks and the call into the fused kernel.
 #include "optim/sgd.h"
 
-#include "kernels/cpu/optimizer_kernels.h"
+#include "kernels/backend.h"
 
 namespace kiln::optim {
 
@@ -40,7 +40,7 @@ void SGD::validate(const OptimizerOptions& base, const std::string& where) const
 void SGD::update(const OptimizerOptions& base, const Tensor& parameter, const Tensor& grad,
                  ParameterState& state) {
   const auto& options = static_cast<const SGDOptions&>(base);
-  kernels::cpu::SgdHyper hyper;
+  kernels::SgdHyper hyper;
   hyper.lr = options.lr();
   hyper.momentum = options.momentum();
   hyper.dampening = options.dampening();
@@ -51,10 +51,8 @@ void SGD::update(const OptimizerOptions& base, const Tensor& parameter, const Te
     hyper.first_step = state.buffers.count("momentum_buffer") == 0;
     buffer = state_buffer(state, "momentum_buffer", parameter);
   }
-  with_value_type(parameter.dtype(), [&](auto value) {
-    using T = decltype(value);
-    kernels::cpu::sgd_update(parameter.data<T>(), grad.data<T>(), data_or_null<T>(buffer), parameter.numel(), hyper);
-  });
+  kernels::backend_for(parameter.device())
+      .sgd_update(parameter.view_for_kernels(), grad.view_for_kernels(), optional_view(buffer), hyper);
 }
 
 }  // namespace kiln::optim

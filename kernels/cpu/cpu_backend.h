@@ -75,6 +75,13 @@ class CpuBackend final : public Backend {
                           bool causal, double scale) override;
   // rope.cpp
   void rope(const View& x, const View& positions, const View& out, double theta, bool inverse) override;
+  // optimizer_kernels.cpp
+  void sgd_update(const View& param, const View& grad, const View& momentum_buffer, const SgdHyper& hyper) override;
+  void adagrad_update(const View& param, const View& grad, const View& sum, const AdagradHyper& hyper) override;
+  void rmsprop_update(const View& param, const View& grad, const View& square_avg, const View& grad_avg,
+                      const View& momentum_buffer, const RmspropHyper& hyper) override;
+  void adam_update(const View& param, const View& grad, const View& exp_avg, const View& exp_avg_sq,
+                   const View& max_exp_avg_sq, const AdamHyper& hyper) override;
 
   // random.cpp
   void uniform(const View& out, double low, double high, uint64_t seed, uint64_t offset) override;

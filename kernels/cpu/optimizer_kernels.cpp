@@ -26,7 +26,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/loops.h"
+#include "kernels/error.h"
 
 namespace kiln::kernels::cpu {
 namespace {
@@ -304,3 +306,59 @@ bool all_finite(const float* x, int64_t n) { return all_finite_impl(x, n); }
 bool all_finite(const double* x, int64_t n) { return all_finite_impl(x, n); }
 
 }  // namespace kiln::kernels::cpu
+
+namespace kiln::kernels {
+namespace {
+
+// The buffer of an optional state view (null when unused), typed.
+template <typename T>
+T* data_or_null(const View& view) {
+  return view.data ? view.as<T>() : nullptr;
+}
+
+// Runs body(T{}) with T the element type of an f32 or f64 update.
+template <typename Body>
+void with_update_type(const char* op, const View& param, Body&& body) {
+  if (param.dtype == DType::f32) {
+    body(float{});
+  } else {
+    KILN_CHECK(param.dtype == DType::f64, op, ": expected f32 or f64 buffers, got ", dtype_name(param.dtype));
+    body(double{});
+  }
+}
+
+}  // namespace
+
+void CpuBackend::sgd_update(const View& param, const View& grad, const View& momentum_buffer, const SgdHyper& hyper) {
+  with_update_type("sgd_update", param, [&](auto value) {
+    using T = decltype(value);
+    cpu::sgd_update(param.as<T>(), grad.as<T>(), data_or_null<T>(momentum_buffer), param.numel(), hyper);
+  });
+}
+
+void CpuBackend::adagrad_update(const View& param, const View& grad, const View& sum, const AdagradHyper& hyper) {
+  with_update_type("adagrad_update", param, [&](auto value) {
+    using T = decltype(value);
+    cpu::adagrad_update(param.as<T>(), grad.as<T>(), sum.as<T>(), param.numel(), hyper);
+  });
+}
+
+void CpuBackend::rmsprop_update(const View& param, const View& grad, const View& square_avg, const View& grad_avg,
+                                const View& momentum_buffer, const RmspropHyper& hyper) {
+  with_update_type("rmsprop_update", param, [&](auto value) {
+    using T = decltype(value);
+    cpu::rmsprop_update(param.as<T>(), grad.as<T>(), square_avg.as<T>(), data_or_null<T>(grad_avg),
+                        data_or_null<T>(momentum_buffer), param.numel(), hyper);
+  });
+}
+
+void CpuBackend::adam_update(const View& param, const View& grad, const View& exp_avg, const View& exp_avg_sq,
+                             const View& max_exp_avg_sq, const AdamHyper& hyper) {
+  with_update_type("adam_update", param, [&](auto value) {
+    using T = decltype(value);
+    cpu::adam_update(param.as<T>(), grad.as<T>(), exp_avg.as<T>(), exp_avg_sq.as<T>(), data_or_null<T>(max_exp_avg_sq),
+                     param.numel(), hyper);
+  });
+}
+
+}  // namespace kiln::kernels

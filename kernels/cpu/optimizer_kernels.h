@@ -15,7 +15,14 @@
 
 #include <cstdint>
 
+#include "kernels/optimizer_update.h"
+
 namespace kiln::kernels::cpu {
+
+using kernels::AdagradHyper;
+using kernels::AdamHyper;
+using kernels::RmspropHyper;
+using kernels::SgdHyper;
 
 // SGD:  d = g + weight_decay * p
 //       buf = d                                        (first step)
@@ -23,24 +30,11 @@ namespace kiln::kernels::cpu {
 //       d = nesterov ? d + momentum * buf : buf        (when momentum != 0)
 //       p = p - lr * d
 // momentum_buffer may be null when momentum == 0.
-struct SgdHyper {
-  double lr = 0;
-  double momentum = 0;
-  double dampening = 0;
-  double weight_decay = 0;
-  bool nesterov = false;
-  bool first_step = false;  // buf is initialised from d rather than decayed
-};
 void sgd_update(float* param, const float* grad, float* momentum_buffer, int64_t n, const SgdHyper& hyper);
 void sgd_update(double* param, const double* grad, double* momentum_buffer, int64_t n, const SgdHyper& hyper);
 
 // AdaGrad: g = g + weight_decay * p;  sum = sum + g * g;  p = p - clr * g / (sqrt(sum) + eps)
 // where clr = lr / (1 + (step - 1) * lr_decay) is computed by the caller.
-struct AdagradHyper {
-  double clr = 0;
-  double eps = 0;
-  double weight_decay = 0;
-};
 void adagrad_update(float* param, const float* grad, float* sum, int64_t n, const AdagradHyper& hyper);
 void adagrad_update(double* param, const double* grad, double* sum, int64_t n, const AdagradHyper& hyper);
 
@@ -51,14 +45,6 @@ void adagrad_update(double* param, const double* grad, double* sum, int64_t n, c
 //          momentum > 0: buf = momentum * buf + g / avg;  p = p - lr * buf
 //          otherwise:    p = p - lr * g / avg
 // grad_avg may be null unless centered; momentum_buffer may be null unless momentum > 0.
-struct RmspropHyper {
-  double lr = 0;
-  double alpha = 0;
-  double eps = 0;
-  double weight_decay = 0;
-  double momentum = 0;
-  bool centered = false;
-};
 void rmsprop_update(float* param, const float* grad, float* square_avg, float* grad_avg, float* momentum_buffer,
                     int64_t n, const RmspropHyper& hyper);
 void rmsprop_update(double* param, const double* grad, double* square_avg, double* grad_avg,
@@ -73,17 +59,6 @@ void rmsprop_update(double* param, const double* grad, double* square_avg, doubl
 //   p = p - (lr / bias_correction1) * m / (sqrt(v) / sqrt(bias_correction2) + eps)
 // bias_correction1 = 1 - beta1^step and bias_correction2 = 1 - beta2^step (or 1 and 1 when bias
 // correction is off). max_exp_avg_sq may be null unless amsgrad.
-struct AdamHyper {
-  double lr = 0;
-  double beta1 = 0;
-  double beta2 = 0;
-  double eps = 0;
-  double weight_decay = 0;
-  bool decoupled_weight_decay = false;
-  bool amsgrad = false;
-  double bias_correction1 = 1;
-  double bias_correction2 = 1;
-};
 void adam_update(float* param, const float* grad, float* exp_avg, float* exp_avg_sq, float* max_exp_avg_sq,
                  int64_t n, const AdamHyper& hyper);
 void adam_update(double* param, const double* grad, double* exp_avg, double* exp_avg_sq, double* max_exp_avg_sq,

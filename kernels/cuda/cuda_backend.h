@@ -80,6 +80,13 @@ class CudaBackend final : public Backend {
                           const View& grad_out, const View& grad_q, const View& grad_k, const View& grad_v, bool causal,
                           double scale) override;
   void rope(const View& x, const View& positions, const View& out, double theta, bool inverse) override;
+  // optimizer.cu
+  void sgd_update(const View& param, const View& grad, const View& momentum_buffer, const SgdHyper& hyper) override;
+  void adagrad_update(const View& param, const View& grad, const View& sum, const AdagradHyper& hyper) override;
+  void rmsprop_update(const View& param, const View& grad, const View& square_avg, const View& grad_avg,
+                      const View& momentum_buffer, const RmspropHyper& hyper) override;
+  void adam_update(const View& param, const View& grad, const View& exp_avg, const View& exp_avg_sq,
+                   const View& max_exp_avg_sq, const AdamHyper& hyper) override;
 
   // random.cu
   void uniform(const View& out, double low, double high, uint64_t seed, uint64_t offset) override;
