@@ -12,8 +12,10 @@ pipeline-parallel run's checkpoint at step 4 resumes on 1 rank, the tensor-paral
 the 1-rank run's checkpoint resumes with 2 pipeline stages; each continues with the losses of
 the run that never stopped.
 
+kiln-generate reads a pipeline-parallel run's checkpoint as it reads any other.
+
   check_model_parallel.py --launch "mpirun -np 2 --oversubscribe" --train kiln-train
-                          --prepare kiln-prepare --work DIR
+                          --prepare kiln-prepare --generate kiln-generate --work DIR
 """
 import argparse
 import json
@@ -42,7 +44,7 @@ LAYOUTS = {
 
 def main():
     parser = argparse.ArgumentParser()
-    for option in ("--launch", "--train", "--prepare", "--work"):
+    for option in ("--launch", "--train", "--prepare", "--generate", "--work"):
         parser.add_argument(option, required=True)
     args = parser.parse_args()
     work = Path(args.work)
@@ -118,6 +120,11 @@ def main():
         out = work / target
         train(out, *settings, ranks=ranks, resume=str(middle).format(source))
         compare(f"{source} checkpoint at step 4 resumed as {target}", single[4:], losses(out))
+
+    sample = run([args.generate, "--checkpoint", work / "pp2_1f1b", "--prompt", "the ", "--max-tokens", "40",
+                  "--top-k", "5", "--seed", "3"])
+    assert sample.startswith("the ") and len(sample) >= 40, sample
+    print("ok")
 
 
 if __name__ == "__main__":
