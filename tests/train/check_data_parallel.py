@@ -76,6 +76,18 @@ def compare_parameters(expected, actual):
     assert worst <= PARAM_TOL
 
 
+def arguments_and_work_dir():
+    """The programs under test (--launch, --train, --prepare, --generate) and an empty --work."""
+    parser = argparse.ArgumentParser()
+    for option in ("--launch", "--train", "--prepare", "--generate", "--work"):
+        parser.add_argument(option, required=True)
+    args = parser.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return args, work
+
+
 def prepare_corpus(work, prepare):
     """A small regular corpus as char-level shards in work/data."""
     sentences = ["the cat sat on the mat. ", "a dog ran to the park. ", "we like to read books. "]
@@ -96,13 +108,7 @@ def small_run(work):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    for option in ("--launch", "--train", "--prepare", "--generate", "--work"):
-        parser.add_argument(option, required=True)
-    args = parser.parse_args()
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    args, work = arguments_and_work_dir()
 
     prepare_corpus(work, args.prepare)
     config = {

@@ -17,13 +17,12 @@ kiln-generate reads a pipeline-parallel run's checkpoint as it reads any other.
   check_model_parallel.py --launch "mpirun -np 2 --oversubscribe" --train kiln-train
                           --prepare kiln-prepare --generate kiln-generate --work DIR
 """
-import argparse
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
-from check_data_parallel import compare, compare_parameters, losses, prepare_corpus, read_safetensors, run, small_run
+from check_data_parallel import (arguments_and_work_dir, compare, compare_parameters, losses, prepare_corpus,
+                                 read_safetensors, run, small_run)
 
 STEPS = 8
 
@@ -43,13 +42,7 @@ LAYOUTS = {
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    for option in ("--launch", "--train", "--prepare", "--generate", "--work"):
-        parser.add_argument(option, required=True)
-    args = parser.parse_args()
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    args, work = arguments_and_work_dir()
     launch = args.launch.split()
 
     prepare_corpus(work, args.prepare)
