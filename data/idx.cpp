@@ -1,7 +1,10 @@
-// IDX reading with transparent gzip decompression (zlib), see idx.h.
+// IDX reading with transparent gzip decompression (zlib), see idx.h. A build without zlib
+// (-DKILN_WITH_ZLIB=OFF) reads plain files and refuses compressed ones with a message.
 #include "data/idx.h"
 
+#ifdef KILN_HAVE_ZLIB
 #include <zlib.h>
+#endif
 
 #include <filesystem>
 
@@ -17,6 +20,11 @@ constexpr int32_t kImagesMagic = 2051, kLabelsMagic = 2049;
 
 // Inflates every gzip member of `compressed` (gzip allows several back to back).
 std::string gunzip(const std::string& compressed, const std::string& path) {
+#ifndef KILN_HAVE_ZLIB
+  (void)compressed;
+  KILN_FAIL("idx ", path, ": gzip-compressed, and this kiln was built without zlib (-DKILN_WITH_ZLIB=OFF); "
+            "decompress it first (gunzip keeps the name without .gz, which is read instead)");
+#else
   z_stream stream{};
   KILN_CHECK(inflateInit2(&stream, 16 + MAX_WBITS) == Z_OK, "idx ", path, ": cannot initialise zlib");
   stream.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(compressed.data()));
@@ -42,6 +50,7 @@ std::string gunzip(const std::string& compressed, const std::string& path) {
              " compressed bytes end before the data does)");
   KILN_CHECK(status == Z_STREAM_END, "idx ", path, ": corrupt gzip data: ", message.empty() ? "zlib error " + std::to_string(status) : message);
   return out;
+#endif
 }
 
 uint32_t big_endian_u32(const std::string& bytes, size_t offset) {

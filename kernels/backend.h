@@ -100,17 +100,24 @@ class Backend {
 
   // ---- normalisation (rows of the last dim) ------------------------------------------------
   // x (N, C) -> y (N, C); mean and rstd (N) saved for the backward. weight/bias (C) optional.
-  virtual void layer_norm(const View& x, const View* weight, const View* bias, double eps,
-                          const View& y, const View& mean, const View& rstd) = 0;
-  // Writes grad_x (N, C) and, when given, grad_weight and grad_bias (C).
-  virtual void layer_norm_backward(const View& grad_y, const View& x, const View* weight,
-                                   const View& mean, const View& rstd, const View& grad_x,
-                                   const View* grad_weight, const View* grad_bias) = 0;
-  // y = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps).
-  virtual void rms_norm(const View& x, const View* weight, double eps, const View& y,
-                        const View& rstd) = 0;
-  virtual void rms_norm_backward(const View& grad_y, const View& x, const View* weight,
-                                 const View& rstd, const View& grad_x,
+  // With `residual` (N, C) the rows normalised are x + residual, rounded to the dtype and also
+  // written to `sum`: a pre-norm block's "h = x + f(x); norm(h)" makes one pass over h.
+  virtual void layer_norm(const View& x, const View* residual, const View* weight, const View* bias,
+                          double eps, const View* sum, const View& y, const View& mean,
+                          const View& rstd) = 0;
+  // Writes grad_x (N, C) and, when given, grad_weight and grad_bias (C). x is what was
+  // normalised (the sum, in the residual form). grad_sum, when given, is the gradient the sum
+  // receives from its other uses: it is added to grad_x after grad_x is rounded to the dtype,
+  // as autograd would add the two.
+  virtual void layer_norm_backward(const View& grad_y, const View* grad_sum, const View& x,
+                                   const View* weight, const View& mean, const View& rstd,
+                                   const View& grad_x, const View* grad_weight,
+                                   const View* grad_bias) = 0;
+  // y = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps); residual and sum as above.
+  virtual void rms_norm(const View& x, const View* residual, const View* weight, double eps,
+                        const View* sum, const View& y, const View& rstd) = 0;
+  virtual void rms_norm_backward(const View& grad_y, const View* grad_sum, const View& x,
+                                 const View* weight, const View& rstd, const View& grad_x,
                                  const View* grad_weight) = 0;
 
   // ---- indexing ----------------------------------------------------------------------------

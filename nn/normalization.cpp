@@ -18,6 +18,16 @@ Tensor LayerNorm::forward(const Tensor& x) {
   return with_hooks(x, [&] { return layer_norm(x, weight, bias, eps); });
 }
 
+ResidualNorm LayerNorm::forward_residual(const Tensor& x, const Tensor& update) {
+  Tensor sum;
+  Tensor normed = with_hooks(x, [&] {
+    ResidualNorm result = add_layer_norm(x, update, weight, bias, eps);
+    sum = result.sum;
+    return result.normed;
+  });
+  return {sum, normed};
+}
+
 RMSNorm::RMSNorm(int64_t size, double epsilon) : Module("RMSNorm"), features(size), eps(epsilon) {
   KILN_CHECK(size > 0, "RMSNorm: features must be positive, got ", size);
   weight = register_parameter("weight", ones({size}), ParameterInfo{.weight_decay = false});
@@ -25,6 +35,16 @@ RMSNorm::RMSNorm(int64_t size, double epsilon) : Module("RMSNorm"), features(siz
 
 Tensor RMSNorm::forward(const Tensor& x) {
   return with_hooks(x, [&] { return rms_norm(x, weight, eps); });
+}
+
+ResidualNorm RMSNorm::forward_residual(const Tensor& x, const Tensor& update) {
+  Tensor sum;
+  Tensor normed = with_hooks(x, [&] {
+    ResidualNorm result = add_rms_norm(x, update, weight, eps);
+    sum = result.sum;
+    return result.normed;
+  });
+  return {sum, normed};
 }
 
 }  // namespace kiln::nn

@@ -35,7 +35,9 @@ TransformerBlock::TransformerBlock(const TransformerConfig& config, int64_t laye
 }
 
 Tensor TransformerBlock::norm1(const Tensor& x) { return rms_norm1 ? rms_norm1->forward(x) : layer_norm1->forward(x); }
-Tensor TransformerBlock::norm2(const Tensor& x) { return rms_norm2 ? rms_norm2->forward(x) : layer_norm2->forward(x); }
+ResidualNorm TransformerBlock::add_norm2(const Tensor& x, const Tensor& update) {
+  return rms_norm2 ? rms_norm2->forward_residual(x, update) : layer_norm2->forward_residual(x, update);
+}
 
 Tensor TransformerBlock::ffn(const Tensor& x) {
   if (moe) return moe->forward(x);
@@ -45,8 +47,8 @@ Tensor TransformerBlock::ffn(const Tensor& x) {
 Tensor TransformerBlock::forward(const Tensor& x, const Tensor& positions, KVCache* cache) {
   return with_hooks(x, [&] {
     auto residual = [&](const Tensor& update) { return dropout ? dropout->forward(update) : update; };
-    Tensor h = add(x, residual(attn->forward(norm1(x), positions, cache)));
-    return add(h, residual(ffn(norm2(h))));
+    ResidualNorm h = add_norm2(x, residual(attn->forward(norm1(x), positions, cache)));
+    return add(h.sum, residual(ffn(h.normed)));
   });
 }
 

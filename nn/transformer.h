@@ -34,7 +34,8 @@ class TransformerBlock : public Module {
 
  private:
   Tensor norm1(const Tensor& x);
-  Tensor norm2(const Tensor& x);
+  // {x + update, norm2 of it}: the attention's residual add fused into the second norm.
+  ResidualNorm add_norm2(const Tensor& x, const Tensor& update);
   Tensor ffn(const Tensor& x);
 };
 

@@ -1,8 +1,10 @@
 // Gradient norm, clipping and non-finite detection: on the CPU with the kernels of
 // kernels/cpu/optimizer_kernels.h (blocked double sums: the same bits for any thread count), on
-// other devices with tensor ops (a double sum on the device, copied back).
+// other devices with tensor ops whose results stay on the device until one read per device: a
+// step waits for the GPU once, not once per parameter.
 #include "optim/clip_grad.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -23,15 +25,42 @@ Tensor checked_grad(const NamedParameter& parameter, const char* op) {
   return grad;
 }
 
+// Scalars on devices other than the CPU, combined on their device and read back once each.
+class DeviceScalars {
+ public:
+  // The running f64 sum of `device`: value is added to it there (in call order, as the host adds).
+  void accumulate(const Tensor& value) {
+    Tensor& total = slot(value.device());
+    total = total.defined() ? add(total, value) : value;
+  }
+  // Every accumulated sum, added on the host.
+  double read_sum() const {
+    double total = 0.0;
+    for (const auto& [device, value] : slots_) total += value.item<double>();
+    return total;
+  }
+
+ private:
+  Tensor& slot(Device device) {
+    for (auto& [where, value] : slots_) {
+      if (where == device) return value;
+    }
+    slots_.emplace_back(device, Tensor());
+    return slots_.back().second;
+  }
+  std::vector<std::pair<Device, Tensor>> slots_;
+};
+
 double local_squared_norm(const NamedParameters& parameters, const char* op) {
   double total = 0.0;
+  DeviceScalars device_totals;
+  NoGradGuard no_grad;
   for (const NamedParameter& parameter : parameters) {
     Tensor grad = checked_grad(parameter, op);
     if (!grad.defined()) continue;
     if (!grad.device().is_cpu()) {
-      NoGradGuard no_grad;
       Tensor wide = grad.to(DType::f64);
-      total += sum(mul(wide, wide)).item<double>();
+      device_totals.accumulate(sum(mul(wide, wide)));
       continue;
     }
     Tensor values = grad.contiguous();
@@ -40,7 +69,7 @@ double local_squared_norm(const NamedParameters& parameters, const char* op) {
       total += kernels::cpu::sum_of_squares(values.data<T>(), values.numel());
     });
   }
-  return total;
+  return total + device_totals.read_sum();
 }
 
 double total_norm(const NamedParameters& parameters, const std::function<double(double)>& reduce, const char* op) {
@@ -111,13 +140,18 @@ void clip_grad_value(const NamedParameters& parameters, double clip_value) {
 
 std::vector<std::string> nonfinite_gradients(const NamedParameters& parameters) {
   std::vector<std::string> names;
+  // Device gradients: one 0 x sum|g| per parameter (0 when every element is finite, NaN
+  // otherwise), stacked per device and read back in one copy.
+  std::vector<std::pair<Device, std::vector<std::pair<std::string, Tensor>>>> device_checks;
+  NoGradGuard no_grad;
   for (const NamedParameter& parameter : parameters) {
     Tensor grad = checked_grad(parameter, "nonfinite_gradients");
     if (!grad.defined()) continue;
     if (!grad.device().is_cpu()) {
-      // 0 x |g| is 0 for every finite element and NaN for an infinite or NaN one.
-      NoGradGuard no_grad;
-      if (std::isnan(sum(abs(grad.to(DType::f64)) * 0.0).item<double>())) names.push_back(parameter.name);
+      auto group = std::find_if(device_checks.begin(), device_checks.end(),
+                                [&](const auto& entry) { return entry.first == grad.device(); });
+      if (group == device_checks.end()) group = device_checks.insert(device_checks.end(), {grad.device(), {}});
+      group->second.emplace_back(parameter.name, sum(abs(grad.to(DType::f64))) * 0.0);
       continue;
     }
     Tensor values = grad.contiguous();
@@ -127,6 +161,14 @@ std::vector<std::string> nonfinite_gradients(const NamedParameters& parameters) 
       finite = kernels::cpu::all_finite(values.data<T>(), values.numel());
     });
     if (!finite) names.push_back(parameter.name);
+  }
+  for (const auto& [device, checks] : device_checks) {
+    std::vector<Tensor> values;
+    for (const auto& check : checks) values.push_back(check.second);
+    std::vector<double> flags = stack(values).to(Device::cpu()).to_vector<double>();
+    for (size_t i = 0; i < checks.size(); ++i) {
+      if (std::isnan(flags[i])) names.push_back(checks[i].first);
+    }
   }
   return names;
 }

@@ -50,6 +50,15 @@ Tensor normalize(const std::shared_ptr<nn::LayerNorm>& layer, const std::shared_
                     layer->eps);
 }
 
+// {x + update, its norm} in one fused op, as nn::TransformerBlock computes them.
+ResidualNorm add_normalize(const std::shared_ptr<nn::LayerNorm>& layer, const std::shared_ptr<nn::RMSNorm>& rms,
+                           const Tensor& x, const Tensor& update, const Group& group, bool sequence_parallel) {
+  if (!sequence_parallel) return rms ? rms->forward_residual(x, update) : layer->forward_residual(x, update);
+  if (rms) return add_rms_norm(x, update, replicated(rms->weight, group, sequence_parallel), rms->eps);
+  return add_layer_norm(x, update, replicated(layer->weight, group, sequence_parallel),
+                        replicated(layer->bias, group, sequence_parallel), layer->eps);
+}
+
 // forward: the hidden state unchanged; backward: the hidden state's gradient, and `weight` as the
 // gradient of the auxiliary loss. A pipeline stage's MoE auxiliary loss enters backward this way,
 // through the activation that the next stage sends a gradient for (as Megatron-LM does).
@@ -117,8 +126,8 @@ ParallelTransformerBlock::ParallelTransformerBlock(const nn::TransformerBlock& m
 Tensor ParallelTransformerBlock::forward(const Tensor& x, const Tensor& positions) {
   return with_hooks(x, [&] {
     auto residual = [&](const Tensor& update) { return dropout ? dropout->forward(update) : update; };
-    Tensor h = add(x, residual(attn->forward(normalize(layer_norm1, rms_norm1, x, tp_, sequence_parallel_), positions)));
-    Tensor normed = normalize(layer_norm2, rms_norm2, h, tp_, sequence_parallel_);
+    Tensor attended = attn->forward(normalize(layer_norm1, rms_norm1, x, tp_, sequence_parallel_), positions);
+    auto [h, normed] = add_normalize(layer_norm2, rms_norm2, x, residual(attended), tp_, sequence_parallel_);
     if (moe) return add(h, residual(moe->forward(normed)));
     return add(h, residual(swiglu ? swiglu->forward(normed) : mlp->forward(normed)));
   });

@@ -71,6 +71,23 @@ TEST_CASE("gradcheck: layer_norm and rms_norm", "[gradcheck][norm]") {
   REQUIRE_GRADCHECK([](const auto& in) { return rms_norm(in[0].transpose(0, 1), Tensor(), 1e-3); }, {x});
 }
 
+TEST_CASE("gradcheck: add_layer_norm and add_rms_norm through the sum, the norm or both", "[gradcheck][norm]") {
+  Tensor x = random_leaf({2, 3, 6}, 33, -2.0, 2.0), update = random_leaf({2, 3, 6}, 34);
+  Tensor w = random_leaf({6}, 35, 0.5, 1.5), b = random_leaf({6}, 36);
+  REQUIRE_GRADCHECK([](const auto& in) {
+    ResidualNorm r = add_layer_norm(in[0], in[1], in[2], in[3]);
+    return stack({r.sum, r.normed});
+  }, {x, update, w, b});
+  REQUIRE_GRADCHECK([](const auto& in) { return add_layer_norm(in[0].transpose(0, 1), in[1].transpose(0, 1)).normed; },
+                    {x, update});
+  REQUIRE_GRADCHECK([](const auto& in) { return add_layer_norm(in[0], in[1], in[2], in[3]).sum; }, {x, update, w, b});
+  REQUIRE_GRADCHECK([](const auto& in) {
+    ResidualNorm r = add_rms_norm(in[0], in[1], in[2]);
+    return stack({r.sum, r.normed});
+  }, {x, update, w});
+  REQUIRE_GRADCHECK([](const auto& in) { return add_rms_norm(in[0], in[1], Tensor(), 1e-3).normed; }, {x, update});
+}
+
 TEST_CASE("gradcheck: dropout with a fixed stream", "[gradcheck][dropout]") {
   Tensor x = random_leaf({4, 5}, 40);
   REQUIRE_GRADCHECK([](const auto& in) {

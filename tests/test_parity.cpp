@@ -234,6 +234,17 @@ void add_softmax_and_losses(ParitySuite& suite) {
             [](auto& in) { return one(layer_norm(in[0], Tensor(), Tensor(), 1e-3)); }, kSummed, {kTranspose});
   suite.add("rms_norm", "rms_norm", {input({3, 4, 48}, -2, 2), input({48}, 0.5, 1.5)}, json::object(),
             [](auto& in) { return one(rms_norm(in[0], in[1])); }, kSummed);
+  suite.add("add_layer_norm", "add_layer_norm", {input({3, 4, 48}, -2, 2), input({3, 4, 48}), input({48}, 0.5, 1.5),
+                                                 input({48})},
+            json::object(), [](auto& in) {
+              ResidualNorm r = add_layer_norm(in[0], in[1], in[2], in[3]);
+              return std::vector<Tensor>{r.sum, r.normed};
+            }, kSummed);
+  suite.add("add_rms_norm", "add_rms_norm", {input({8, 6}, -2, 2), input({6, 8})}, {{"eps", 1e-3}},
+            [](auto& in) {
+              ResidualNorm r = add_rms_norm(in[0], in[1], Tensor(), 1e-3);
+              return std::vector<Tensor>{r.sum, r.normed};
+            }, kSummed, {kNone, kTranspose});
 }
 
 }  // namespace

@@ -14,18 +14,28 @@ namespace {
 TensorOptions like(const Tensor& tensor) { return TensorOptions(tensor.dtype()).device(tensor.device()); }
 
 // zeros(shape) with source accumulated at index along dim (the backward of the selections).
+// The backward helpers below sum gradients that share an index (a token's embedding row, say).
+// 16-bit gradients are summed in f32 and rounded once at the end, as PyTorch's CUDA embedding
+// backward does: summed in bf16, every addition would round, and a row that many tokens hit
+// would stall once its total dwarfs each term.
+DType accumulation_dtype(DType dtype) { return dtype == DType::bf16 || dtype == DType::f16 ? DType::f32 : dtype; }
+
 Tensor index_add_into_zeros(const Shape& shape, int dim, const Tensor& index, const Tensor& source) {
-  Tensor result = zeros(shape, like(source));
+  DType wide = accumulation_dtype(source.dtype());
+  Tensor terms = source.to(wide);
+  Tensor result = zeros(shape, TensorOptions(wide).device(source.device()));
   detail::backend_of(source).index_add(result.view_for_kernels(), dim, index.view_for_kernels(),
-                                       source.view_for_kernels(), 1.0);
-  return result;
+                                       terms.view_for_kernels(), 1.0);
+  return result.to(source.dtype());
 }
 
 Tensor scatter_add_into_zeros(const Shape& shape, int dim, const Tensor& index, const Tensor& source) {
-  Tensor result = zeros(shape, like(source));
+  DType wide = accumulation_dtype(source.dtype());
+  Tensor terms = source.to(wide);
+  Tensor result = zeros(shape, TensorOptions(wide).device(source.device()));
   detail::backend_of(source).scatter_add(result.view_for_kernels(), dim, index.view_for_kernels(),
-                                         source.view_for_kernels());
-  return result;
+                                         terms.view_for_kernels());
+  return result.to(source.dtype());
 }
 
 void check_gather_shapes(const char* op, const Tensor& x, int dim, const Tensor& index) {

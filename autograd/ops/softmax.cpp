@@ -57,7 +57,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
   Tensor targets_1d = targets.reshape({-1}).contiguous();
   int64_t rows = logits_2d.size(0);
   // Per-row statistics of 16-bit logits are kept in f32: a bf16 logsumexp near 10 is off by up
-  // to 0.06, which would shift every recomputed probability by percents.
+  // to 0.06, which would shift every recomputed probability by percents. The loss stays f32 too.
   DType row_dtype = logits.dtype() == DType::f64 ? DType::f64 : DType::f32;
   TensorOptions row_options = TensorOptions(row_dtype).device(logits.device());
   Tensor losses = empty({rows}, row_options);
@@ -80,7 +80,6 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
       out = sum(losses);
       if (options.reduction == Reduction::mean) out = div(out, detail::scalar_like(divisor, out));
     }
-    out = out.to(logits.dtype());
   }
   if (!should_record({logits})) return out;
   SavedTensor saved_logits = save(logits_2d), saved_targets = save(targets_1d), saved_lse = save(lse);

@@ -22,7 +22,6 @@
 // comes from the CPU allocator, so the memory counters see it. Tasks run under a dynamic schedule,
 // heaviest first: with a causal mask the last query blocks (and the first key blocks) do the most.
 // exp is vector_math::exp, which vectorises: glibc's expf, a scalar call, was a third of the time.
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -32,6 +31,7 @@
 #include <utility>
 
 #include "kernels/allocator.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/vector_math.h"
 #include "kernels/error.h"
@@ -143,14 +143,7 @@ void run_tasks(int64_t tasks, int threads, Task&& task) {
 template <typename A>
 void gemm(bool transpose_a, int64_t m, int64_t n, int64_t k, A alpha, const A* a, int64_t lda, const A* b,
           int64_t ldb, A beta, A* c, int64_t ldc) {
-  CBLAS_TRANSPOSE ta = transpose_a ? CblasTrans : CblasNoTrans;
-  auto i = [](int64_t value) { return static_cast<int>(value); };
-  auto ld = [](int64_t value) { return static_cast<int>(std::max<int64_t>(1, value)); };  // BLAS wants >= 1
-  if constexpr (std::is_same_v<A, double>) {
-    cblas_dgemm(CblasRowMajor, ta, CblasNoTrans, i(m), i(n), i(k), alpha, a, ld(lda), b, ld(ldb), beta, c, ld(ldc));
-  } else {
-    cblas_sgemm(CblasRowMajor, ta, CblasNoTrans, i(m), i(n), i(k), alpha, a, ld(lda), b, ld(ldb), beta, c, ld(ldc));
-  }
+  cpu::gemm<A>(transpose_a, false, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 // max(start, s[0], ..., s[n - 1]). Spelled as a comparison: GCC vectorises this reduction but

@@ -1,4 +1,4 @@
-// CPU matrix products through OpenBLAS (cblas_sgemm / cblas_dgemm).
+// CPU matrix products through OpenBLAS (cblas_sgemm / cblas_dgemm, via cpu::gemm in blas.h).
 //
 // Transposed operands are passed to BLAS as transpose flags with their leading dimension, so a
 // transposed view costs no copy; only operands BLAS cannot describe (stride 0 inside a matrix,
@@ -6,10 +6,9 @@
 // over the batch (OpenBLAS runs single-threaded inside an OpenMP region), large ones one after
 // another with OpenBLAS's own threads. A batch whose right operand is broadcast is folded into
 // one tall GEMM. bf16/f16 operands are widened to f32 for BLAS and the result rounded back.
-#include <cblas.h>
-
 #include <vector>
 
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/loops.h"
 #include "kernels/error.h"
@@ -20,7 +19,7 @@ namespace {
 // How BLAS should read a rows x cols matrix with the given element strides, if it can.
 struct BlasOperand {
   bool usable = false;
-  CBLAS_TRANSPOSE transpose = CblasNoTrans;
+  bool transpose = false;
   int64_t leading = 1;
 };
 
@@ -30,26 +29,20 @@ BlasOperand describe(int64_t rows, int64_t cols, int64_t row_stride, int64_t col
   bool unit_rows = row_stride == 1 || rows == 1;
   if (unit_cols && (rows == 1 || row_stride >= cols) && (rows == 1 || row_stride > 0)) {
     op.usable = true;
-    op.transpose = CblasNoTrans;
+    op.transpose = false;
     op.leading = rows == 1 ? std::max<int64_t>(1, cols) : row_stride;
   } else if (unit_rows && (cols == 1 || col_stride >= rows) && (cols == 1 || col_stride > 0)) {
     op.usable = true;
-    op.transpose = CblasTrans;
+    op.transpose = true;
     op.leading = cols == 1 ? std::max<int64_t>(1, rows) : col_stride;
   }
   return op;
 }
 
 template <typename T>
-void gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k, const T* a,
-          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
-  if constexpr (std::is_same_v<T, float>) {
-    cblas_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0f, a,
-                static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
-  } else {
-    cblas_dgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), 1.0, a,
-                static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
-  }
+void gemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+          int64_t ldb, T beta, T* c, int64_t ldc) {
+  cpu::gemm<T>(transpose_a, transpose_b, m, n, k, T(1), a, lda, b, ldb, beta, c, ldc);
 }
 
 // One matrix operand of one batch element, as BLAS will read it.
@@ -69,7 +62,7 @@ Matrix<T> prepare(const T* base, int64_t rows, int64_t cols, int64_t row_stride,
       for (int64_t c = 0; c < cols; ++c) matrix.copy[static_cast<size_t>(r * cols + c)] = base[r * row_stride + c * col_stride];
     }
     matrix.data = matrix.copy.data();
-    matrix.layout = BlasOperand{true, CblasNoTrans, std::max<int64_t>(1, cols)};
+    matrix.layout = BlasOperand{true, false, std::max<int64_t>(1, cols)};
   }
   return matrix;
 }
@@ -101,7 +94,7 @@ void matmul_blas(const View& a, const View& b, const View& out, bool accumulate)
   if (batches > 1 && b_broadcast && batch_folds && (a.strides[nd - 1] == 1 || k == 1) && out.strides[nd - 1] == 1 &&
       rows_stride_a >= k && rows_stride_out >= n) {
     Matrix<T> right = prepare(b_data, k, n, b.strides[nd - 2], b.strides[nd - 1]);
-    gemm<T>(CblasNoTrans, right.layout.transpose, batches * m, n, k, a_data, rows_stride_a, right.data,
+    gemm<T>(false, right.layout.transpose, batches * m, n, k, a_data, rows_stride_a, right.data,
             right.layout.leading, beta, out_data, rows_stride_out);
     return;
   }

@@ -12,6 +12,10 @@
 // in block order: no atomics, and the same bits for any thread count.
 // mean and rstd are read and written in their own views' dtype, so 16-bit inputs may keep f32
 // statistics.
+//
+// The residual form normalises x + residual: each row's sum is written first, rounded to the
+// dtype as the add op rounds it, and normalised while it is still in cache. Its backward adds the
+// sum's other gradient to the rounded grad_x, as autograd would. Both give the unfused ops' bits.
 #include <cmath>
 #include <vector>
 
@@ -123,6 +127,24 @@ void for_each_row_in_blocks(ParameterGradients<T>& sums, int64_t rows, Row&& row
   });
 }
 
+// sum (C) = x + residual, rounded to T as the add op rounds it.
+template <typename T>
+void add_row(const T* x, const T* residual, T* sum, int64_t width) {
+  using C = compute_t<T>;
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) sum[c] = static_cast<T>(static_cast<C>(x[c]) + static_cast<C>(residual[c]));
+}
+
+// grad_x (C) += grad_sum, in the compute type and rounded to T: the sum's other gradient added
+// to the rounded norm gradient, as autograd adds them. A loop of its own, so that the compiler
+// cannot contract the norm gradient's last product and this add into one fma.
+template <typename T>
+void add_gradient_row(T* grad_x, const T* grad_sum, int64_t width) {
+  using C = compute_t<T>;
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) grad_x[c] = static_cast<T>(static_cast<C>(grad_x[c]) + static_cast<C>(grad_sum[c]));
+}
+
 // x (C) -> y (C) = (x - mean) * rstd * weight + bias; writes the row's mean and rstd.
 template <typename T, bool kWeight, bool kBias>
 void layer_norm_row(const T* x, const T* weight, const T* bias, double eps, T* y, int64_t width,
@@ -156,8 +178,8 @@ void layer_norm_row(const T* x, const T* weight, const T* bias, double eps, T* y
 // grad_y, x (C) -> grad_x (C), with xhat = (x - mean) * rstd and g = grad_y * weight:
 //   grad_x = rstd * (g - mean(g) - xhat * mean(g * xhat))
 // and adds grad_y * xhat and grad_y into the weight and bias partial rows.
-template <typename T, bool kWeight, bool kWeightGrad, bool kBiasGrad>
-void layer_norm_backward_row(const T* grad_y, const T* x, const T* weight, double mean_in,
+template <typename T, bool kWeight, bool kWeightGrad, bool kBiasGrad, bool kGradSum>
+void layer_norm_backward_row(const T* grad_y, const T* grad_sum, const T* x, const T* weight, double mean_in,
                              double rstd_in, T* grad_x, int64_t width, compute_t<T>* weight_partial,
                              compute_t<T>* bias_partial) {
   using C = compute_t<T>;
@@ -182,6 +204,7 @@ void layer_norm_backward_row(const T* grad_y, const T* x, const T* weight, doubl
     C g = kWeight ? dy * static_cast<C>(weight[c]) : dy;
     grad_x[c] = static_cast<T>(rstd * (g - mean_g - xhat * mean_g_xhat));
   }
+  if constexpr (kGradSum) add_gradient_row(grad_x, grad_sum, width);
 }
 
 // x (C) -> y (C) = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps); returns rstd.
@@ -207,8 +230,8 @@ double rms_norm_row(const T* x, const T* weight, double eps, T* y, int64_t width
 // grad_y, x (C) -> grad_x (C), with xhat = x * rstd and g = grad_y * weight:
 //   grad_x = rstd * (g - xhat * mean(g * xhat))
 // and adds grad_y * xhat into the weight partial row.
-template <typename T, bool kWeight, bool kWeightGrad>
-void rms_norm_backward_row(const T* grad_y, const T* x, const T* weight, double rstd_in,
+template <typename T, bool kWeight, bool kWeightGrad, bool kGradSum>
+void rms_norm_backward_row(const T* grad_y, const T* grad_sum, const T* x, const T* weight, double rstd_in,
                            T* grad_x, int64_t width, compute_t<T>* weight_partial) {
   using C = compute_t<T>;
   C rstd = static_cast<C>(rstd_in);
@@ -229,6 +252,7 @@ void rms_norm_backward_row(const T* grad_y, const T* x, const T* weight, double 
     C g = kWeight ? dy * static_cast<C>(weight[c]) : dy;
     grad_x[c] = static_cast<T>(rstd * (g - xhat * mean_g_xhat));
   }
+  if constexpr (kGradSum) add_gradient_row(grad_x, grad_sum, width);
 }
 
 template <typename T>
@@ -238,11 +262,18 @@ const T* data_or_null(const View* v) {
 
 }  // namespace
 
-// x (N, C), weight (C), bias (C) -> y (N, C), mean (N), rstd (N).
-void CpuBackend::layer_norm(const View& x, const View* weight, const View* bias, double eps,
-                            const View& y, const View& mean, const View& rstd) {
+// The first element of row r of an optional (N, C) view.
+template <typename T>
+T* row_or_null(const View* v, int64_t offset) {
+  return v ? v->as<T>() + offset : nullptr;
+}
+
+// x, residual (N, C), weight (C), bias (C) -> sum, y (N, C), mean (N), rstd (N).
+void CpuBackend::layer_norm(const View& x, const View* residual, const View* weight, const View* bias,
+                            double eps, const View* sum, const View& y, const View& mean, const View& rstd) {
   const char* op = "layer_norm";
-  Rows rows = rows_of(op, x, {&x, weight, bias, &y, &mean, &rstd});
+  Rows rows = rows_of(op, x, {&x, residual, weight, bias, sum, &y, &mean, &rstd});
+  KILN_CHECK((residual == nullptr) == (sum == nullptr), op, ": a residual needs a sum to write, and only then");
   StoreScalar store_mean = stat_storer(mean, op), store_rstd = stat_storer(rstd, op);
   int64_t grain = std::max<int64_t>(1, cpu::kParallelGrain / std::max<int64_t>(1, rows.width));
   dispatch_floating(x.dtype, op, [&]<typename T>() {
@@ -251,10 +282,14 @@ void CpuBackend::layer_norm(const View& x, const View* weight, const View* bias,
         cpu::parallel_for(rows.count, grain, [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
             int64_t offset = r * rows.width;
+            const T* in = x.as<T>() + offset;
+            if (residual) {
+              add_row(in, residual->as<T>() + offset, sum->as<T>() + offset, rows.width);
+              in = sum->as<T>() + offset;
+            }
             double row_mean, row_rstd;
-            layer_norm_row<T, kWeight, kBias>(x.as<T>() + offset, data_or_null<T>(weight),
-                                              data_or_null<T>(bias), eps, y.as<T>() + offset,
-                                              rows.width, row_mean, row_rstd);
+            layer_norm_row<T, kWeight, kBias>(in, data_or_null<T>(weight), data_or_null<T>(bias), eps,
+                                              y.as<T>() + offset, rows.width, row_mean, row_rstd);
             store_mean(element_address(mean, r), row_mean);
             store_rstd(element_address(rstd, r), row_rstd);
           }
@@ -264,24 +299,26 @@ void CpuBackend::layer_norm(const View& x, const View* weight, const View* bias,
   });
 }
 
-// grad_y, x (N, C), weight (C), mean, rstd (N) -> grad_x (N, C), grad_weight, grad_bias (C).
-void CpuBackend::layer_norm_backward(const View& grad_y, const View& x, const View* weight,
+// grad_y, grad_sum, x (N, C), weight (C), mean, rstd (N) -> grad_x (N, C), grad_weight, grad_bias (C).
+void CpuBackend::layer_norm_backward(const View& grad_y, const View* grad_sum, const View& x, const View* weight,
                                      const View& mean, const View& rstd, const View& grad_x,
                                      const View* grad_weight, const View* grad_bias) {
   const char* op = "layer_norm_backward";
-  Rows rows = rows_of(op, x, {&grad_y, &x, weight, &mean, &rstd, &grad_x, grad_weight, grad_bias});
+  Rows rows = rows_of(op, x, {&grad_y, grad_sum, &x, weight, &mean, &rstd, &grad_x, grad_weight, grad_bias});
   LoadScalar load_mean = stat_loader(mean, op), load_rstd = stat_loader(rstd, op);
   dispatch_floating(x.dtype, op, [&]<typename T>() {
     ParameterGradients<T> sums(rows.count, rows.width, grad_weight || grad_bias ? 2 : 0);
     with_flag(weight != nullptr, [&]<bool kWeight>() {
       with_flag(grad_weight != nullptr, [&]<bool kWeightGrad>() {
         with_flag(grad_bias != nullptr, [&]<bool kBiasGrad>() {
-          for_each_row_in_blocks(sums, rows.count, [&](int64_t r, int64_t block) {
-            int64_t offset = r * rows.width;
-            layer_norm_backward_row<T, kWeight, kWeightGrad, kBiasGrad>(
-                grad_y.as<T>() + offset, x.as<T>() + offset, data_or_null<T>(weight),
-                load_mean(element_address(mean, r)), load_rstd(element_address(rstd, r)),
-                grad_x.as<T>() + offset, rows.width, sums.partial(block, 0), sums.partial(block, 1));
+          with_flag(grad_sum != nullptr, [&]<bool kGradSum>() {
+            for_each_row_in_blocks(sums, rows.count, [&](int64_t r, int64_t block) {
+              int64_t offset = r * rows.width;
+              layer_norm_backward_row<T, kWeight, kWeightGrad, kBiasGrad, kGradSum>(
+                  grad_y.as<T>() + offset, row_or_null<const T>(grad_sum, offset), x.as<T>() + offset,
+                  data_or_null<T>(weight), load_mean(element_address(mean, r)), load_rstd(element_address(rstd, r)),
+                  grad_x.as<T>() + offset, rows.width, sums.partial(block, 0), sums.partial(block, 1));
+            });
           });
         });
       });
@@ -291,11 +328,12 @@ void CpuBackend::layer_norm_backward(const View& grad_y, const View& x, const Vi
   });
 }
 
-// x (N, C), weight (C) -> y (N, C), rstd (N).
-void CpuBackend::rms_norm(const View& x, const View* weight, double eps, const View& y,
-                          const View& rstd) {
+// x, residual (N, C), weight (C) -> sum, y (N, C), rstd (N).
+void CpuBackend::rms_norm(const View& x, const View* residual, const View* weight, double eps, const View* sum,
+                          const View& y, const View& rstd) {
   const char* op = "rms_norm";
-  Rows rows = rows_of(op, x, {&x, weight, &y, &rstd});
+  Rows rows = rows_of(op, x, {&x, residual, weight, sum, &y, &rstd});
+  KILN_CHECK((residual == nullptr) == (sum == nullptr), op, ": a residual needs a sum to write, and only then");
   StoreScalar store_rstd = stat_storer(rstd, op);
   int64_t grain = std::max<int64_t>(1, cpu::kParallelGrain / std::max<int64_t>(1, rows.width));
   dispatch_floating(x.dtype, op, [&]<typename T>() {
@@ -303,8 +341,12 @@ void CpuBackend::rms_norm(const View& x, const View* weight, double eps, const V
       cpu::parallel_for(rows.count, grain, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           int64_t offset = r * rows.width;
-          double row_rstd = rms_norm_row<T, kWeight>(x.as<T>() + offset, data_or_null<T>(weight), eps,
-                                                     y.as<T>() + offset, rows.width);
+          const T* in = x.as<T>() + offset;
+          if (residual) {
+            add_row(in, residual->as<T>() + offset, sum->as<T>() + offset, rows.width);
+            in = sum->as<T>() + offset;
+          }
+          double row_rstd = rms_norm_row<T, kWeight>(in, data_or_null<T>(weight), eps, y.as<T>() + offset, rows.width);
           store_rstd(element_address(rstd, r), row_rstd);
         }
       });
@@ -312,22 +354,24 @@ void CpuBackend::rms_norm(const View& x, const View* weight, double eps, const V
   });
 }
 
-// grad_y, x (N, C), weight (C), rstd (N) -> grad_x (N, C), grad_weight (C).
-void CpuBackend::rms_norm_backward(const View& grad_y, const View& x, const View* weight,
+// grad_y, grad_sum, x (N, C), weight (C), rstd (N) -> grad_x (N, C), grad_weight (C).
+void CpuBackend::rms_norm_backward(const View& grad_y, const View* grad_sum, const View& x, const View* weight,
                                    const View& rstd, const View& grad_x, const View* grad_weight) {
   const char* op = "rms_norm_backward";
-  Rows rows = rows_of(op, x, {&grad_y, &x, weight, &rstd, &grad_x, grad_weight});
+  Rows rows = rows_of(op, x, {&grad_y, grad_sum, &x, weight, &rstd, &grad_x, grad_weight});
   LoadScalar load_rstd = stat_loader(rstd, op);
   dispatch_floating(x.dtype, op, [&]<typename T>() {
     ParameterGradients<T> sums(rows.count, rows.width, grad_weight ? 1 : 0);
     with_flag(weight != nullptr, [&]<bool kWeight>() {
       with_flag(grad_weight != nullptr, [&]<bool kWeightGrad>() {
-        for_each_row_in_blocks(sums, rows.count, [&](int64_t r, int64_t block) {
-          int64_t offset = r * rows.width;
-          rms_norm_backward_row<T, kWeight, kWeightGrad>(
-              grad_y.as<T>() + offset, x.as<T>() + offset, data_or_null<T>(weight),
-              load_rstd(element_address(rstd, r)), grad_x.as<T>() + offset, rows.width,
-              sums.partial(block, 0));
+        with_flag(grad_sum != nullptr, [&]<bool kGradSum>() {
+          for_each_row_in_blocks(sums, rows.count, [&](int64_t r, int64_t block) {
+            int64_t offset = r * rows.width;
+            rms_norm_backward_row<T, kWeight, kWeightGrad, kGradSum>(
+                grad_y.as<T>() + offset, row_or_null<const T>(grad_sum, offset), x.as<T>() + offset,
+                data_or_null<T>(weight), load_rstd(element_address(rstd, r)), grad_x.as<T>() + offset, rows.width,
+                sums.partial(block, 0));
+          });
         });
       });
     });

@@ -51,15 +51,15 @@ class CudaBackend final : public Backend {
                               double label_smoothing) override;
 
   // norm.cu
-  void layer_norm(const View& x, const View* weight, const View* bias, double eps, const View& y,
-                  const View& mean, const View& rstd) override;
-  void layer_norm_backward(const View& grad_y, const View& x, const View* weight, const View& mean,
-                           const View& rstd, const View& grad_x, const View* grad_weight,
+  void layer_norm(const View& x, const View* residual, const View* weight, const View* bias, double eps,
+                  const View* sum, const View& y, const View& mean, const View& rstd) override;
+  void layer_norm_backward(const View& grad_y, const View* grad_sum, const View& x, const View* weight,
+                           const View& mean, const View& rstd, const View& grad_x, const View* grad_weight,
                            const View* grad_bias) override;
-  void rms_norm(const View& x, const View* weight, double eps, const View& y,
-                const View& rstd) override;
-  void rms_norm_backward(const View& grad_y, const View& x, const View* weight, const View& rstd,
-                         const View& grad_x, const View* grad_weight) override;
+  void rms_norm(const View& x, const View* residual, const View* weight, double eps, const View* sum,
+                const View& y, const View& rstd) override;
+  void rms_norm_backward(const View& grad_y, const View* grad_sum, const View& x, const View* weight,
+                         const View& rstd, const View& grad_x, const View* grad_weight) override;
 
   // index.cu
   void index_select(const View& in, int dim, const View& index, const View& out) override;

@@ -137,6 +137,11 @@ T read_back(const T* device_value, cudaStream_t stream) {
   return value;
 }
 
+// a * b rounded on its own: nvcc would otherwise contract a * b + c into one fma, which rounds
+// once where the CPU kernel (or the unfused ops) round twice.
+__device__ __forceinline__ float multiply_rounded(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double multiply_rounded(double a, double b) { return __dmul_rn(a, b); }
+
 template <typename T>
 __device__ __forceinline__ compute_t<T> load(const T* address) {
   return static_cast<compute_t<T>>(*address);

@@ -7,6 +7,11 @@
 // which stays accurate when |mean| >> std. mean and rstd are read and written in their own
 // views' dtype, so 16-bit inputs may keep f32 statistics.
 //
+// The residual form normalises x + residual: each lane first writes its elements of the row's
+// sum, rounded to the dtype as the add op rounds it, and the later passes read them back (each
+// lane only its own, so no barrier is needed). The backward adds the sum's other gradient to
+// the rounded grad_x, as autograd would. Both give the unfused ops' bits.
+//
 // The weight and bias gradients are sums over rows. Blocks of 32 columns x 8 row lanes walk
 // chunks of rows (a warp reads 32 adjacent columns of one row), combine their lanes in a fixed
 // order, and write one partial row per chunk; a second kernel adds the chunks in chunk order.
@@ -37,23 +42,35 @@ struct PairSum {
   __device__ Pair<C> operator()(Pair<C> a, Pair<C> b) const { return {a.first + b.first, a.second + b.second}; }
 };
 
-// x (N, C), weight, bias (C) -> y (N, C), mean (layer norm only), rstd (N).
+// x + residual rounded to T (the add op's result), in the compute type.
 template <typename T>
-__global__ void norm_kernel(NormRows rows, Groups groups, const T* x, const T* weight, const T* bias, T* y, void* mean,
-                            void* rstd) {
+__device__ __forceinline__ compute_t<T> rounded_sum(const T* x, const T* residual) {
+  return static_cast<compute_t<T>>(static_cast<T>(load(x) + load(residual)));
+}
+
+// x, residual (N, C), weight, bias (C) -> sum, y (N, C), mean (layer norm only), rstd (N).
+template <typename T>
+__global__ void norm_kernel(NormRows rows, Groups groups, const T* x, const T* residual, const T* weight,
+                            const T* bias, T* sum, T* y, void* mean, void* rstd) {
   using C = compute_t<T>;
   __shared__ GroupScratch<C> scratch;
   int64_t row = static_cast<int64_t>(blockIdx.x) * groups.count() + groups.group();
   bool valid = row < rows.count;
-  int64_t n = valid ? rows.width : 0;
-  const T* in = x + (valid ? row : 0) * rows.width;
-  T* out = y + (valid ? row : 0) * rows.width;
+  int64_t n = valid ? rows.width : 0, offset = (valid ? row : 0) * rows.width;
+  const T* in = x + offset;
+  T* out = y + offset;
   int lane = groups.lane();
+  if (residual) {
+    for (int64_t c = lane; c < n; c += groups.size) store(sum + offset + c, rounded_sum(in + c, residual + offset + c));
+    in = sum + offset;
+  }
 
   C center = 0;
   if (!rows.rms) {
-    // Summing x - x[0] keeps the sum near zero when |mean| >> std.
-    C shift = n > 0 ? load(in) : C(0), shifted_sum = 0;
+    // Summing x - x[0] keeps the sum near zero when |mean| >> std. (Element 0 of a sum row was
+    // written by lane 0, so the other lanes form it themselves.)
+    C first = n == 0 ? C(0) : residual ? rounded_sum(x + offset, residual + offset) : load(in);
+    C shift = first, shifted_sum = 0;
     for (int64_t c = lane; c < n; c += groups.size) shifted_sum += load(in + c) - shift;
     shifted_sum = group_reduce(shifted_sum, scratch.values(), groups, Sum<C>{});
     center = shift + shifted_sum / static_cast<C>(rows.width);
@@ -76,13 +93,14 @@ __global__ void norm_kernel(NormRows rows, Groups groups, const T* x, const T* w
   store_scalar(rstd, rows.rstd_dtype, row, static_cast<double>(inverse));
 }
 
-// grad_y, x (N, C), weight (C), mean, rstd (N) -> grad_x (N, C), with xhat = (x - mean) * rstd
-// and g = grad_y * weight:
+// grad_y, grad_sum, x (N, C), weight (C), mean, rstd (N) -> grad_x (N, C), with
+// xhat = (x - mean) * rstd and g = grad_y * weight:
 //   layer norm: grad_x = rstd * (g - mean(g) - xhat * mean(g * xhat))
 //   RMS norm:   grad_x = rstd * (g - xhat * mean(g * xhat))          (mean = 0)
+// rounded to T, plus grad_sum when given.
 template <typename T>
-__global__ void norm_backward_kernel(NormRows rows, Groups groups, const T* grad_y, const T* x, const T* weight,
-                                     const void* mean, const void* rstd, T* grad_x) {
+__global__ void norm_backward_kernel(NormRows rows, Groups groups, const T* grad_y, const T* grad_sum, const T* x,
+                                     const T* weight, const void* mean, const void* rstd, T* grad_x) {
   using C = compute_t<T>;
   __shared__ GroupScratch<Pair<C>> scratch;
   int64_t row = static_cast<int64_t>(blockIdx.x) * groups.count() + groups.group();
@@ -107,7 +125,13 @@ __global__ void norm_backward_kernel(NormRows rows, Groups groups, const T* grad
     C dy = load(grad_y + offset + c);
     C xhat = (load(x + offset + c) - center) * inverse;
     C g = weight ? dy * load(weight + c) : dy;
-    store(grad_x + offset + c, inverse * (g - mean_g - xhat * mean_g_xhat));
+    if (grad_sum) {
+      // The product rounded to T on its own, then the sum's gradient added, as autograd adds them.
+      C value = multiply_rounded(inverse, g - mean_g - xhat * mean_g_xhat);
+      store(grad_x + offset + c, static_cast<C>(static_cast<T>(value)) + load(grad_sum + offset + c));
+    } else {
+      store(grad_x + offset + c, inverse * (g - mean_g - xhat * mean_g_xhat));
+    }
   }
 }
 
@@ -183,27 +207,29 @@ const T* data_or_null(const View* v) {
 }
 
 template <typename T>
-void launch_norm(const char* op, const NormRows& rows, const View& x, const View* weight, const View* bias,
-                 const View& y, void* mean, const View& rstd) {
+void launch_norm(const char* op, const NormRows& rows, const View& x, const View* residual, const View* weight,
+                 const View* bias, const View* sum, const View& y, void* mean, const View& rstd) {
   cudaStream_t stream = stream_for(op, x);
   if (rows.count == 0) return;
   Groups groups = groups_for(rows.width, true);
   int64_t blocks = (rows.count + groups.count() - 1) / groups.count();
   norm_kernel<T><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(
-      rows, groups, x.as<T>(), data_or_null<T>(weight), data_or_null<T>(bias), y.as<T>(), mean, rstd.data);
+      rows, groups, x.as<T>(), data_or_null<T>(residual), data_or_null<T>(weight), data_or_null<T>(bias),
+      sum ? sum->as<T>() : nullptr, y.as<T>(), mean, rstd.data);
   KILN_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
-void launch_norm_backward(const char* op, const NormRows& rows, const View& grad_y, const View& x, const View* weight,
-                          const void* mean, const View& rstd, const View& grad_x, const View* grad_weight,
-                          const View* grad_bias) {
+void launch_norm_backward(const char* op, const NormRows& rows, const View& grad_y, const View* grad_sum, const View& x,
+                          const View* weight, const void* mean, const View& rstd, const View& grad_x,
+                          const View* grad_weight, const View* grad_bias) {
   cudaStream_t stream = stream_for(op, x);
   if (rows.count > 0) {
     Groups groups = groups_for(rows.width, true);
     int64_t blocks = (rows.count + groups.count() - 1) / groups.count();
     norm_backward_kernel<T><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(
-        rows, groups, grad_y.as<T>(), x.as<T>(), data_or_null<T>(weight), mean, rstd.data, grad_x.as<T>());
+        rows, groups, grad_y.as<T>(), data_or_null<T>(grad_sum), x.as<T>(), data_or_null<T>(weight), mean, rstd.data,
+        grad_x.as<T>());
     KILN_CUDA_CHECK_LAUNCH();
   }
   if ((!grad_weight && !grad_bias) || rows.width == 0) return;
@@ -224,55 +250,64 @@ void launch_norm_backward(const char* op, const NormRows& rows, const View& grad
 }  // namespace
 }  // namespace gpu
 
-// x (N, C), weight (C), bias (C) -> y (N, C), mean (N), rstd (N).
-void CudaBackend::layer_norm(const View& x, const View* weight, const View* bias, double eps, const View& y,
-                             const View& mean, const View& rstd) {
+// x, residual (N, C), weight (C), bias (C) -> sum, y (N, C), mean (N), rstd (N).
+void CudaBackend::layer_norm(const View& x, const View* residual, const View* weight, const View* bias, double eps,
+                             const View* sum, const View& y, const View& mean, const View& rstd) {
   const char* op = "layer_norm";
-  gpu::NormRows rows = gpu::rows_of(op, x, {&x, weight, bias, &y, &mean, &rstd});
+  gpu::NormRows rows = gpu::rows_of(op, x, {&x, residual, weight, bias, sum, &y, &mean, &rstd});
+  KILN_CHECK((residual == nullptr) == (sum == nullptr), op, ": a residual needs a sum to write, and only then");
   gpu::check_floating(&mean, op);
   gpu::check_floating(&rstd, op);
   rows.mean_dtype = mean.dtype;
   rows.rstd_dtype = rstd.dtype;
   rows.eps = eps;
-  dispatch_floating(x.dtype, op, [&]<typename T>() { gpu::launch_norm<T>(op, rows, x, weight, bias, y, mean.data, rstd); });
-}
-
-// grad_y, x (N, C), weight (C), mean, rstd (N) -> grad_x (N, C), grad_weight, grad_bias (C).
-void CudaBackend::layer_norm_backward(const View& grad_y, const View& x, const View* weight, const View& mean,
-                                      const View& rstd, const View& grad_x, const View* grad_weight,
-                                      const View* grad_bias) {
-  const char* op = "layer_norm_backward";
-  gpu::NormRows rows = gpu::rows_of(op, x, {&grad_y, &x, weight, &mean, &rstd, &grad_x, grad_weight, grad_bias});
-  gpu::check_floating(&mean, op);
-  gpu::check_floating(&rstd, op);
-  rows.mean_dtype = mean.dtype;
-  rows.rstd_dtype = rstd.dtype;
   dispatch_floating(x.dtype, op, [&]<typename T>() {
-    gpu::launch_norm_backward<T>(op, rows, grad_y, x, weight, mean.data, rstd, grad_x, grad_weight, grad_bias);
+    gpu::launch_norm<T>(op, rows, x, residual, weight, bias, sum, y, mean.data, rstd);
   });
 }
 
-// x (N, C), weight (C) -> y (N, C), rstd (N).
-void CudaBackend::rms_norm(const View& x, const View* weight, double eps, const View& y, const View& rstd) {
+// grad_y, grad_sum, x (N, C), weight (C), mean, rstd (N) -> grad_x (N, C), grad_weight, grad_bias (C).
+void CudaBackend::layer_norm_backward(const View& grad_y, const View* grad_sum, const View& x, const View* weight,
+                                      const View& mean, const View& rstd, const View& grad_x, const View* grad_weight,
+                                      const View* grad_bias) {
+  const char* op = "layer_norm_backward";
+  gpu::NormRows rows =
+      gpu::rows_of(op, x, {&grad_y, grad_sum, &x, weight, &mean, &rstd, &grad_x, grad_weight, grad_bias});
+  gpu::check_floating(&mean, op);
+  gpu::check_floating(&rstd, op);
+  rows.mean_dtype = mean.dtype;
+  rows.rstd_dtype = rstd.dtype;
+  dispatch_floating(x.dtype, op, [&]<typename T>() {
+    gpu::launch_norm_backward<T>(op, rows, grad_y, grad_sum, x, weight, mean.data, rstd, grad_x, grad_weight,
+                                 grad_bias);
+  });
+}
+
+// x, residual (N, C), weight (C) -> sum, y (N, C), rstd (N).
+void CudaBackend::rms_norm(const View& x, const View* residual, const View* weight, double eps, const View* sum,
+                           const View& y, const View& rstd) {
   const char* op = "rms_norm";
-  gpu::NormRows rows = gpu::rows_of(op, x, {&x, weight, &y, &rstd});
+  gpu::NormRows rows = gpu::rows_of(op, x, {&x, residual, weight, sum, &y, &rstd});
+  KILN_CHECK((residual == nullptr) == (sum == nullptr), op, ": a residual needs a sum to write, and only then");
   gpu::check_floating(&rstd, op);
   rows.rstd_dtype = rstd.dtype;
   rows.rms = true;
   rows.eps = eps;
-  dispatch_floating(x.dtype, op, [&]<typename T>() { gpu::launch_norm<T>(op, rows, x, weight, nullptr, y, nullptr, rstd); });
+  dispatch_floating(x.dtype, op, [&]<typename T>() {
+    gpu::launch_norm<T>(op, rows, x, residual, weight, nullptr, sum, y, nullptr, rstd);
+  });
 }
 
-// grad_y, x (N, C), weight (C), rstd (N) -> grad_x (N, C), grad_weight (C).
-void CudaBackend::rms_norm_backward(const View& grad_y, const View& x, const View* weight, const View& rstd,
-                                    const View& grad_x, const View* grad_weight) {
+// grad_y, grad_sum, x (N, C), weight (C), rstd (N) -> grad_x (N, C), grad_weight (C).
+void CudaBackend::rms_norm_backward(const View& grad_y, const View* grad_sum, const View& x, const View* weight,
+                                    const View& rstd, const View& grad_x, const View* grad_weight) {
   const char* op = "rms_norm_backward";
-  gpu::NormRows rows = gpu::rows_of(op, x, {&grad_y, &x, weight, &rstd, &grad_x, grad_weight});
+  gpu::NormRows rows = gpu::rows_of(op, x, {&grad_y, grad_sum, &x, weight, &rstd, &grad_x, grad_weight});
   gpu::check_floating(&rstd, op);
   rows.rstd_dtype = rstd.dtype;
   rows.rms = true;
   dispatch_floating(x.dtype, op, [&]<typename T>() {
-    gpu::launch_norm_backward<T>(op, rows, grad_y, x, weight, nullptr, rstd, grad_x, grad_weight, nullptr);
+    gpu::launch_norm_backward<T>(op, rows, grad_y, grad_sum, x, weight, nullptr, rstd, grad_x, grad_weight, nullptr);
   });
 }
 

@@ -16,11 +16,6 @@ namespace kiln::kernels {
 namespace gpu {
 namespace {
 
-// a * b rounded on its own: nvcc would otherwise contract a * b + c into an fma where the CPU
-// kernel (compiled without contraction) rounds twice.
-__device__ __forceinline__ float multiply(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double multiply(double a, double b) { return __dmul_rn(a, b); }
-
 // Flags of one update, fixed per launch (uniform across the grid, so no divergence).
 struct Flags {
   bool decay = false, momentum = false, first = false, nesterov = false, centered = false;
@@ -79,7 +74,7 @@ __global__ void rmsprop_kernel(T* param, const T* grad, T* square_avg, T* grad_a
       avg = sqrt(sq) + s.eps;  // sq.sqrt().add_(eps)
     }
     if (flags.momentum) {
-      T b = multiply(buffer[i], s.momentum) + g / avg;  // buf.mul_(m).addcdiv_(g, avg)
+      T b = multiply_rounded(buffer[i], s.momentum) + g / avg;  // buf.mul_(m).addcdiv_(g, avg)
       buffer[i] = b;
       param[i] = fma(s.lr, b, param[i]);  // p.add_(buf, alpha=-lr)
     } else {

@@ -97,6 +97,37 @@ TEST_CASE("cuda: layer norm and RMS norm match the CPU", "[cuda][norm]") {
                Tolerance{1e-12, 1e-13}, Tolerance{1e-12, 1e-13});
 }
 
+TEST_CASE("cuda: residual norms match the CPU, and the unfused ops on the GPU bit for bit", "[cuda][norm]") {
+  // Against the CPU: the tolerances of the plain norms above (the sum itself is one rounding).
+  Tensor x = random({2, 12, 40}), u = random({2, 12, 40}), w = random({40}, DType::f32, 0.5, 1.5), b = random({40});
+  auto residual_norms = [](auto& in) {
+    ResidualNorm layer = add_layer_norm(in[0], in[1], in[2], in[3]);
+    ResidualNorm rms = add_rms_norm(in[0].transpose(0, 1), in[1].transpose(0, 1), in[2]);
+    return std::vector{layer.sum, layer.normed, rms.sum, rms.normed};
+  };
+  check_parity({x, u, w, b}, residual_norms);
+  check_parity({random({6, 64}, DType::bf16), random({6, 64}, DType::bf16), random({64}, DType::bf16, 0.5, 1.5),
+                random({64}, DType::bf16)},
+               residual_norms, kBf16, Tolerance{7.9e-3, 1e-4});
+  // On the GPU, fused against add then the norm: the kernels round where add and autograd do.
+  const Device cpu = Device::cpu();
+  for (DType dtype : {DType::f32, DType::bf16, DType::f64}) {
+    INFO(dtype_name(dtype));
+    std::vector<Tensor> operands{random({300, 96}, dtype), random({300, 96}, dtype), random({96}, dtype, 0.5, 1.5),
+                                 random({96}, dtype)};
+    std::vector<Tensor> fused = to_cuda(operands), plain = to_cuda(operands);
+    ResidualNorm r = add_layer_norm(fused[0], fused[1], fused[2], fused[3]);
+    Tensor h = add(plain[0], plain[1]), y = layer_norm(h, plain[2], plain[3]);
+    CHECK_BITS(h.to(cpu), r.sum.to(cpu));
+    CHECK_BITS(y.to(cpu), r.normed.to(cpu));
+    Tensor grad_h = random({300, 96}, dtype, -1, 1, false).to(kCuda);
+    Tensor grad_y = random({300, 96}, dtype, -1, 1, false).to(kCuda);
+    run_backward({r.sum, r.normed}, {grad_h, grad_y}, false);
+    run_backward({h, y}, {grad_h, grad_y}, false);
+    for (size_t i = 0; i < operands.size(); ++i) CHECK_BITS(plain[i].grad().to(cpu), fused[i].grad().to(cpu));
+  }
+}
+
 TEST_CASE("cuda: softmax and log-softmax match the CPU along any dim", "[cuda][softmax]") {
   check_parity({random({6, 9}, DType::f32, -3, 3)}, [](auto& in) {
     return std::vector{softmax(in[0], 1), log_softmax(in[0], 1), softmax(in[0], 0), log_softmax(in[0].t(), 1),

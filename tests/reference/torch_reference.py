@@ -187,6 +187,9 @@ OPS = {
                             targets.shape if reduction == "none" else ()),
     "layer_norm": lambda x, w=None, b=None, eps=1e-5: F.layer_norm(x, (x.shape[-1],), w, b, eps),
     "rms_norm": rms_norm,
+    "add_layer_norm": lambda x, update, w=None, b=None, eps=1e-5:
+        (x + update, F.layer_norm(x + update, (x.shape[-1],), w, b, eps)),
+    "add_rms_norm": lambda x, update, w=None, eps=1e-6: (x + update, rms_norm(x + update, w, eps)),
     # attention
     "attention": attention,
     "rope": rope,
