@@ -24,8 +24,8 @@ int main() {
   double softmax_time = bench::median_seconds([&] { softmax(x, -1); });
   double norm_time = bench::median_seconds([&] { layer_norm(x, weight, bias); });
   double chain_time = bench::median_seconds([&] { gelu(add(mul(x, y), z), GeluApproximation::tanh); });
-  double unfused_time = bench::median_seconds([&] { layer_norm(add(x, y), weight, bias); });
-  double fused_time = bench::median_seconds([&] { add_layer_norm(x, y, weight, bias); });
+  auto [unfused_time, fused_time] = bench::paired_median_seconds([&] { layer_norm(add(x, y), weight, bias); },
+                                                                  [&] { add_layer_norm(x, y, weight, bias); });
 
   // Forward and backward of h = x + u, y = layer_norm(h), with both h and y used downstream (as in
   // a block: h feeds the next residual add). The loss's own ops cost the same on both sides.
@@ -37,14 +37,15 @@ int main() {
     leaf_x.set_grad(Tensor());
     leaf_u.set_grad(Tensor());
   };
-  double unfused_step = bench::median_seconds([&] {
-    Tensor h = add(leaf_x, leaf_u);
-    backward_through(h, layer_norm(h, weight, bias));
-  });
-  double fused_step = bench::median_seconds([&] {
-    ResidualNorm r = add_layer_norm(leaf_x, leaf_u, weight, bias);
-    backward_through(r.sum, r.normed);
-  });
+  auto [unfused_step, fused_step] = bench::paired_median_seconds(
+      [&] {
+        Tensor h = add(leaf_x, leaf_u);
+        backward_through(h, layer_norm(h, weight, bias));
+      },
+      [&] {
+        ResidualNorm r = add_layer_norm(leaf_x, leaf_u, weight, bias);
+        backward_through(r.sum, r.normed);
+      });
 
   std::printf("tensor (%ld, %ld) f32, %.0f MiB; threads %d\n\n", static_cast<long>(rows), static_cast<long>(cols),
               tensor_bytes / (1 << 20), omp_get_max_threads());

@@ -4,7 +4,9 @@
 // glibc's expf, tanhf and erff are scalar calls, so a loop that calls them does not vectorise;
 // softmax, cross-entropy, attention and the activations were bound by them. These functions are
 // inline and branch-free (lanes pick results with ?: blends, never with control flow), so GCC
-// vectorises loops over them at -O3 without -ffast-math. They keep the std functions' special
+// vectorises loops over them at -O3 without -ffast-math. They are always inlined: a translation
+// unit with many callers (elementwise.cpp) otherwise exhausts GCC's inlining budget, and a loop
+// that calls an out-of-line exp per element does not vectorise. They keep the std functions' special
 // values: NaN in gives NaN out, exp(-inf) = 0, exp(+inf) = inf, results beyond the float range
 // overflow to inf, tiny ones underflow through the subnormals to 0, and each function saturates
 // where its float result does.
@@ -21,11 +23,13 @@
 #include <cmath>
 #include <cstdint>
 
+#define KILN_ALWAYS_INLINE [[gnu::always_inline]] inline
+
 namespace kiln::kernels::vector_math {
 
 // exp(x): x = n ln2 + r with |r| <= ln2 / 2 (Cody and Waite's two-part ln2, so r is exact to
 // within one rounding), Cephes' degree-6 polynomial for exp(r), then the scale by 2^n.
-inline float exp(float x) {
+KILN_ALWAYS_INLINE float exp(float x) {
   // Outside [-104, 89] the result is 0 or inf already; the clamp keeps 2^n representable. It
   // compares so that NaN passes through, and NaN then propagates through the arithmetic.
   float clamped = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
@@ -55,7 +59,7 @@ inline double exp(double x) { return std::exp(x); }
 // where the exp form would lose bits to cancellation; above, 1 - 2 / (exp(2|x|) + 1), which
 // saturates to 1 by itself (exp overflows to inf, 2 / inf = 0). Both are computed on |x| and
 // blended; the sign is copied last, so tanh(-0) = -0.
-inline float tanh(float x) {
+KILN_ALWAYS_INLINE float tanh(float x) {
   float magnitude = std::fabs(x);
   float square = x * x;
   float q = -4.5907785534e-04f;
@@ -77,7 +81,7 @@ inline double tanh(double x) { return std::tanh(x); }
 // on [1, 4] (relative error 2^-26.0; erfc < 0.16 there, so its errors reach erf a fifth as
 // large). From |x| = 3.92 erf rounds to 1, so |x| is clamped to 4, which keeps inf and the large
 // arguments out of the polynomial and lets NaN through.
-inline float erf(float x) {
+KILN_ALWAYS_INLINE float erf(float x) {
   float magnitude = std::fabs(x);
   float square = x * x;
   float p = 7.8538861999e-05f;
@@ -116,18 +120,18 @@ template <typename C> inline constexpr C kInvSqrt2Pi = static_cast<C>(0.39894228
 
 // 1 / (1 + exp(-x)).
 template <typename C>
-inline C sigmoid(C x) {
+KILN_ALWAYS_INLINE C sigmoid(C x) {
   C e = exp(-std::fabs(x));
   return (x >= C(0) ? C(1) : e) / (C(1) + e);
 }
 
 // x sigmoid(x) and its derivative sigmoid(x) (1 + x sigmoid(-x)).
 template <typename C>
-inline C silu(C x) {
+KILN_ALWAYS_INLINE C silu(C x) {
   return x * sigmoid(x);
 }
 template <typename C>
-inline C silu_derivative(C x) {
+KILN_ALWAYS_INLINE C silu_derivative(C x) {
   C e = exp(-std::fabs(x));
   C inverse = C(1) / (C(1) + e);
   C s = x >= C(0) ? inverse : e * inverse;
@@ -137,14 +141,14 @@ inline C silu_derivative(C x) {
 // GELU, tanh form: 0.5 x (1 + tanh(u)) with u = sqrt(2 / pi) (x + 0.044715 x^3), computed as
 // x sigmoid(2u), the same function without the cancellation of 1 + tanh(u) for negative x.
 template <typename C>
-inline C gelu_tanh(C x) {
+KILN_ALWAYS_INLINE C gelu_tanh(C x) {
   return x * sigmoid(x * (kTwoSqrt2OverPi<C> + kTwoSqrt2OverPi<C> * kGeluCubic<C> * x * x));
 }
 // d/dx of x sigmoid(z), z = 2u: sigmoid(z) + x sigmoid(z) sigmoid(-z) dz/dx. dz/dx takes x^2
 // capped at 2^100, so that a finite x whose x^2 overflows (there exp(-|z|) = 0) gives 0 * finite,
 // not 0 * inf; x = +-inf still gives NaN, as the tanh formula does.
 template <typename C>
-inline C gelu_tanh_derivative(C x) {
+KILN_ALWAYS_INLINE C gelu_tanh_derivative(C x) {
   C square = x * x;
   C z = x * (kTwoSqrt2OverPi<C> + kTwoSqrt2OverPi<C> * kGeluCubic<C> * square);
   C capped = square < C(0x1p100) ? square : C(0x1p100);
@@ -157,14 +161,16 @@ inline C gelu_tanh_derivative(C x) {
 
 // GELU, exact form: x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), and its derivative Phi(x) + x phi(x).
 template <typename C>
-inline C gelu_erf(C x) {
+KILN_ALWAYS_INLINE C gelu_erf(C x) {
   return C(0.5) * x * (C(1) + erf(x * kInvSqrt2<C>));
 }
 template <typename C>
-inline C gelu_erf_derivative(C x) {
+KILN_ALWAYS_INLINE C gelu_erf_derivative(C x) {
   C cdf = C(0.5) * (C(1) + erf(x * kInvSqrt2<C>));
   C pdf = kInvSqrt2Pi<C> * exp(C(-0.5) * x * x);
   return cdf + x * pdf;
 }
 
 }  // namespace kiln::kernels::vector_math
+
+#undef KILN_ALWAYS_INLINE
