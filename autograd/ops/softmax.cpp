@@ -66,11 +66,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
                                            losses.view_for_kernels(), lse.view_for_kernels(), options.ignore_index,
                                            options.label_smoothing);
 
-  // The mean is over rows whose target is not ignored, as F.cross_entropy.
-  double divisor = 1.0;
-  if (options.reduction == Reduction::mean) {
-    divisor = static_cast<double>(sum(ne(targets_1d, static_cast<double>(options.ignore_index))).item());
-  }
+  // The mean is over rows whose target is not ignored, as F.cross_entropy. The count stays a
+  // tensor on the logits' device: reading it back would make every loss wait for the GPU.
+  Tensor divisor;
   Tensor out;
   {
     NoGradGuard no_grad;
@@ -78,7 +76,10 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
       out = losses.reshape(row_shape);
     } else {
       out = sum(losses);
-      if (options.reduction == Reduction::mean) out = div(out, detail::scalar_like(divisor, out));
+      if (options.reduction == Reduction::mean) {
+        divisor = sum(ne(targets_1d, static_cast<double>(options.ignore_index))).to(row_dtype);
+        out = div(out, divisor);
+      }
     }
   }
   if (!should_record({logits})) return out;
@@ -89,9 +90,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, CrossEntropyOp
               Tensor x = saved_logits.unpack("cross_entropy");
               // Every row's loss has the same upstream gradient unless the reduction is none.
               Tensor upstream = grads[0].to(saved_lse.unpack("cross_entropy").dtype());
-              Tensor grad_rows = options.reduction == Reduction::none
-                                     ? upstream.reshape({rows}).contiguous()
-                                     : div(upstream, detail::scalar_like(divisor, upstream)).expand({rows}).contiguous();
+              Tensor scaled = divisor.defined() ? div(upstream, divisor) : upstream;
+              Tensor grad_rows = options.reduction == Reduction::none ? upstream.reshape({rows}).contiguous()
+                                                                      : scaled.expand({rows}).contiguous();
               Tensor grad_logits = empty_like(x);
               detail::backend_of(x).cross_entropy_backward(
                   x.view_for_kernels(), saved_targets.unpack("cross_entropy").view_for_kernels(),
