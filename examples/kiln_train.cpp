@@ -86,6 +86,7 @@ int run_training(const Arguments& arguments, const parallel::World& world) {
                        : train::TrainConfig::from_json(saved_config(*arguments.resume_dir), arguments.overrides);
   train::TrainerOptions options;
   options.quiet = arguments.quiet;
+  options.gpu = world.gpu();
   std::filesystem::path run_dir = config.out_dir;
   if (arguments.resume) {
     std::filesystem::path from = arguments.resume_dir ? std::filesystem::path(*arguments.resume_dir) : run_dir;

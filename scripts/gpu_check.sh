@@ -23,7 +23,7 @@ pkg-config --exists openblas 2>/dev/null || extra+=(-DKILN_BLAS=none)
 echo '#include <zlib.h>' | c++ -fsyntax-only -x c++ - 2>/dev/null || extra+=(-DKILN_WITH_ZLIB=OFF)
 nvidia-smi -L || { echo "gpu_check: no GPU visible"; exit 1; }
 targets=()
-[ "$what" != bench ] && targets+=(test_cuda)
+[ "$what" != bench ] && targets+=(test_cuda test_train)
 [ "$what" != tests ] && targets+=(bench_cuda_matmul bench_cuda_attention bench_cuda_gpt)
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKILN_TEST_PYTHON="$(command -v "$python")" \
   "${extra[@]}" > "$log_dir/configure.log" 2>&1 || { tail -40 "$log_dir/configure.log"; exit 1; }
@@ -46,6 +46,8 @@ run() {  # run NAME COMMAND...: runs, logs to NAME.log, records PASS/FAIL (SKIP 
 }
 if [ "$what" != bench ]; then
   run test_cuda ./build-gpu/tests/cuda/test_cuda
+  # The trainer on the GPU against the CPU (training.device "cuda").
+  run test_train_cuda ./build-gpu/tests/test_train "[cuda]"
 fi
 if [ "$what" != tests ]; then
   run bench_cuda_matmul ./build-gpu/benchmarks/bench_cuda_matmul

@@ -97,6 +97,10 @@ TEST_CASE("wrong types, bad values and missing keys are errors naming the path",
   CHECK_THAT(error_of(json), Contains("training.on_nonfinite: expected \"stop\" or \"skip\""));
 
   json = minimal_config();
+  json["training"]["device"] = "gpu";
+  CHECK_THAT(error_of(json), Contains("training.device: expected \"cpu\" or \"cuda\", got \"gpu\""));
+
+  json = minimal_config();
   json["optimizer"] = {{"type", "adamx"}};
   CHECK_THAT(error_of(json), Contains("optimizer.type: unknown optimizer 'adamx'") && Contains("did you mean adamw?"));
 

@@ -129,6 +129,7 @@ TrainConfig TrainConfig::from_json(nlohmann::json json, const std::vector<std::s
     training.read("grad_accumulation", config.training.grad_accumulation);
     training.read("grad_clip", config.training.grad_clip);
     training.read("on_nonfinite", config.training.on_nonfinite);
+    training.read("device", config.training.device);
     check_positive(training, "max_steps", config.training.max_steps);
     check_positive(training, "batch_size", config.training.batch_size);
     check_positive(training, "grad_accumulation", config.training.grad_accumulation);
@@ -136,6 +137,8 @@ TrainConfig TrainConfig::from_json(nlohmann::json json, const std::vector<std::s
     KILN_CHECK(config.training.on_nonfinite == "stop" || config.training.on_nonfinite == "skip",
                training.where("on_nonfinite"), ": expected \"stop\" or \"skip\", got \"",
                config.training.on_nonfinite, "\"");
+    KILN_CHECK(config.training.device == "cpu" || config.training.device == "cuda", training.where("device"),
+               ": expected \"cpu\" or \"cuda\", got \"", config.training.device, "\"");
     training.finish();
 
     if (reader.has("optimizer")) config.optimizer = read_optimizer(reader.raw("optimizer"), config.optimizer_type);
@@ -267,7 +270,7 @@ nlohmann::json TrainConfig::to_json() const {
       {"training",
        {{"max_steps", training.max_steps}, {"batch_size", training.batch_size},
         {"grad_accumulation", training.grad_accumulation}, {"grad_clip", training.grad_clip},
-        {"on_nonfinite", training.on_nonfinite}}},
+        {"on_nonfinite", training.on_nonfinite}, {"device", training.device}}},
       {"eval",
        {{"interval", eval.interval}, {"batches", eval.batches}, {"sample_interval", eval.sample_interval},
         {"samples", eval.samples}, {"sample_tokens", eval.sample_tokens}, {"prompt", eval.prompt},

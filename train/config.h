@@ -5,7 +5,8 @@
 //    "data": {"dir": "data/shakespeare_char"},        tokenizer.json, train.bin, val.bin inside
 //    "optimizer": {"type": "adamw", "lr": 1e-3, "betas": [0.9, 0.99], "weight_decay": 0.1},
 //    "schedule": {"type": "cosine", "warmup_steps": 100, "min_factor": 0.1},
-//    "training": {"max_steps": 2000, "batch_size": 12, "grad_accumulation": 1, "grad_clip": 1.0},
+//    "training": {"max_steps": 2000, "batch_size": 12, "grad_accumulation": 1, "grad_clip": 1.0,
+//                 "device": "cpu"},
 //    "eval": {...}, "checkpoint": {...}, "logging": {...}, "parallel": {...}}
 //
 // training.batch_size is the GLOBAL batch: sequences per optimizer step over all ranks and
@@ -43,6 +44,9 @@ struct TrainingConfig {
   int64_t grad_accumulation = 1;  // micro-steps per optimizer step
   double grad_clip = 1.0;         // global L2 norm; 0: no clipping
   std::string on_nonfinite = "stop";  // NaN/Inf loss or grad norm: "stop" the run or "skip" the step
+  // "cpu", or "cuda": each rank trains on one GPU (TrainerOptions::gpu; kiln-train gives rank r of
+  // a node the node's GPU r), with gradients averaged through NCCL where kiln has it.
+  std::string device = "cpu";
 };
 
 struct EvalConfig {

@@ -7,7 +7,9 @@
 #include <cmath>
 
 #include "autograd/ops.h"
+#include "kernels/backend.h"
 #include "optim/optim.h"
+#include "parallel/nccl_backend.h"
 #include "train/metrics_log.h"
 #include "train/signals.h"
 #include "train/tensorboard_writer.h"
@@ -53,6 +55,17 @@ Trainer::Trainer(TrainConfig config, std::shared_ptr<parallel::Communicator> wor
   KILN_CHECK(world_ != nullptr, "Trainer: no communicator");
   rank_ = world_->rank();
   world_size_ = world_->size();
+  if (config_.training.device == "cuda") {
+    device_ = Device::cuda(options_.gpu);
+    KILN_CHECK(!config_.parallel.model_parallel(), "training.device \"cuda\" is not supported with tensor, pipeline, "
+               "context or expert parallelism yet (data parallelism and ZeRO are)");
+    // Here, naming the setting, rather than at the first kernel.
+    try {
+      kernels::backend_for(device_);
+    } catch (const Error& error) {
+      KILN_FAIL("training.device is \"cuda\" but rank ", rank_, " cannot use GPU ", options_.gpu, ": ", error.what());
+    }
+  }
   micro_batch_ = config_.micro_batch_size(world_size_);
   data_rank_ = rank_;
   data_ranks_ = world_size_;
@@ -108,6 +121,7 @@ void Trainer::build_model_and_optimizer() {
   generator_.manual_seed(config_.seed);
   model_ = std::make_shared<nn::Transformer>(config_.model, &generator_);
   model_->train();
+  if (!device_.is_cpu()) model_->to(device_);  // drawn on the host, so every device starts alike
   generator_.manual_seed(dropout_seed(config_.seed, rank_));
   schedule_ = optim::schedule_from_json(config_.schedule, "schedule");
   parameter_count_ = model_->count_parameters();
@@ -125,14 +139,14 @@ void Trainer::build_model_and_optimizer() {
     const std::string type = config_.optimizer_type;
     std::shared_ptr<const optim::OptimizerOptions> options = config_.optimizer;
     zero_ = std::make_unique<parallel::ZeroOptimizer>(
-        *model_, world_, optim::weight_decay_groups(parameters),
+        *model_, gradient_communicator(), optim::weight_decay_groups(parameters),
         [type, options](std::vector<optim::ParamGroup> groups) { return make_optimizer(type, std::move(groups), *options); },
         parallel::ZeroOptions().stage(static_cast<int>(config_.parallel.zero_stage)).bucket_bytes(bucket_bytes));
   } else {
     optimizer_ = make_optimizer(config_.optimizer_type, optim::weight_decay_groups(parameters), *config_.optimizer);
     // Alone, gradients need no averaging (and DDP's bucket copies would be pure overhead).
     if (world_size_ > 1) {
-      ddp_ = std::make_unique<parallel::DistributedDataParallel>(*model_, world_,
+      ddp_ = std::make_unique<parallel::DistributedDataParallel>(*model_, gradient_communicator(),
                                                                  parallel::DDPOptions().bucket_bytes(bucket_bytes));
     }
   }
@@ -187,6 +201,21 @@ void Trainer::build_model_parallel() {
   }
 }
 
+std::shared_ptr<parallel::Communicator> Trainer::gradient_communicator() const {
+  if (device_.is_cuda() && world_size_ > 1 && parallel::nccl_available()) {
+    return parallel::make_nccl_communicator(world_, options_.gpu);
+  }
+  return world_;
+}
+
+data::Batch Trainer::on_device(data::Batch batch) const {
+  if (!device_.is_cpu()) {
+    batch.inputs = batch.inputs.to(device_);
+    batch.targets = batch.targets.to(device_);
+  }
+  return batch;
+}
+
 nn::Transformer& Trainer::model() {
   KILN_CHECK(model_ != nullptr, "Trainer::model: with model parallelism only world rank 0 holds the whole model");
   return *model_;
@@ -221,7 +250,7 @@ StepStats Trainer::step() {
     runner_->reduce_gradients(zero_ == nullptr);
   }
   for (int64_t micro = 0; !runner_ && micro < micro_steps; ++micro) {
-    data::Batch batch = train_loader_->next();
+    data::Batch batch = on_device(train_loader_->next());
     auto backward = [&] {
       Tensor loss = model_->loss(batch.inputs, batch.targets);  // (B, T) -> scalar
       loss_sum += loss.item();

@@ -63,6 +63,7 @@ struct TrainerOptions {
   std::optional<std::filesystem::path> resume_from;
   std::FILE* out = stdout;  // progress, evaluations and samples (rank 0 only)
   bool quiet = false;       // no console output at all (tests)
+  int gpu = 0;              // this rank's CUDA device with training.device "cuda" (kiln-train: World::gpu())
 };
 
 struct TrainResult {
@@ -132,6 +133,11 @@ class Trainer {
   void print(const std::string& line);
   void log_step(const StepStats& stats, std::optional<double> val_loss);
   void print_samples();
+  // The communicator that averages gradients (DDP, ZeRO): NCCL's when the model is on a GPU and
+  // kiln has NCCL, else the world's (MPI stages device tensors through the host).
+  std::shared_ptr<parallel::Communicator> gradient_communicator() const;
+  // A batch from a loader (host memory) on the training device.
+  data::Batch on_device(data::Batch batch) const;
 
   TrainConfig config_;
   std::shared_ptr<parallel::Communicator> world_;
@@ -140,6 +146,7 @@ class Trainer {
   int data_rank_ = 0, data_ranks_ = 1;  // which slice of the data this rank reads, of how many
   int64_t micro_batch_ = 0;
   std::filesystem::path run_dir_;
+  Device device_ = Device::cpu();  // training.device
 
   std::unique_ptr<data::Tokenizer> tokenizer_;
   Generator generator_;  // parameter init, then this rank's dropout stream

@@ -153,7 +153,7 @@ double Trainer::evaluate() {
     NoGradGuard no_grad;
     val_loader_->restore(data::LoaderPosition{});  // the same batches every time
     for (int64_t i = 0; i < batches; ++i) {
-      data::Batch batch = val_loader_->next();
+      data::Batch batch = on_device(val_loader_->next());
       model_->loss(batch.inputs, batch.targets);
       sum += model_->last_cross_entropy.item();  // cross-entropy only: MoE's auxiliary losses are not a metric
     }
@@ -169,6 +169,7 @@ std::string Trainer::describe() const {
   const std::string layout = mesh_ ? mesh_->shape().describe() + ", " + config_.parallel.pipeline_schedule +
                                          (config_.parallel.sequence_parallel ? ", sequence parallel" : "")
                                    : std::string("data parallel");
+  const std::string where = device_.is_cuda() ? layout + ", one GPU per rank" : layout;
   std::snprintf(text, sizeof(text),
                 "kiln-train: %s model, %.2fM parameters (%lld layers, %lld heads, d_model %lld, vocab %lld, block "
                 "%lld)\n  %d rank(s) (%s), global batch %lld = %d x micro-batch %lld x %lld accumulation, %s tokens/step, "
@@ -176,7 +177,7 @@ std::string Trainer::describe() const {
                 config_.model.family.c_str(), static_cast<double>(parameter_count_) / 1e6,
                 static_cast<long long>(config_.model.n_layers), static_cast<long long>(config_.model.n_heads),
                 static_cast<long long>(config_.model.d_model), static_cast<long long>(config_.model.vocab_size),
-                static_cast<long long>(config_.model.block_size), world_size_, layout.c_str(),
+                static_cast<long long>(config_.model.block_size), world_size_, where.c_str(),
                 static_cast<long long>(config_.training.batch_size), data_ranks_, static_cast<long long>(micro_batch_),
                 static_cast<long long>(config_.training.grad_accumulation), format_count(tokens_per_step()).c_str(),
                 schedule_->description().c_str(), static_cast<long long>(step_),
