@@ -28,6 +28,15 @@ void LossScaler::update(bool found_nonfinite) {
   }
 }
 
+void LossScaler::load_state(const State& state) {
+  KILN_CHECK(state.scale > 0 && state.good_steps >= 0 && state.skipped >= 0,
+             "LossScaler: a saved state needs scale > 0 and non-negative counts; got scale ", state.scale,
+             ", good steps ", state.good_steps, ", skipped ", state.skipped);
+  scale_ = state.scale;
+  good_steps_ = state.good_steps;
+  skipped_ = state.skipped;
+}
+
 MixedPrecisionOptimizer::MixedPrecisionOptimizer(const NamedParameters& parameters, DType compute_dtype,
                                                  const OptimizerFactory& make_optimizer,
                                                  std::optional<LossScalerOptions> scaler)
@@ -71,6 +80,11 @@ double MixedPrecisionOptimizer::clip_grad_norm(double max_norm) {
   ClipGradNormOptions options;
   options.error_if_nonfinite = false;
   return optim::clip_grad_norm(masters_, max_norm, options);
+}
+
+double MixedPrecisionOptimizer::grad_norm() {
+  unscale();
+  return optim::grad_norm(masters_);
 }
 
 bool MixedPrecisionOptimizer::step() {

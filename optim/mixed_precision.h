@@ -59,6 +59,16 @@ class LossScaler {
   // finite steps in a row grow it.
   void update(bool found_nonfinite);
   int64_t skipped_steps() const { return skipped_; }
+  bool enabled() const { return options_.enabled(); }
+
+  // What a checkpoint keeps of it, so that a resumed run scales as the uninterrupted one.
+  struct State {
+    double scale = 0;
+    int64_t good_steps = 0;
+    int64_t skipped = 0;
+  };
+  State state() const { return {scale_, good_steps_, skipped_}; }
+  void load_state(const State& state);
 
  private:
   LossScalerOptions options_;
@@ -85,6 +95,8 @@ class MixedPrecisionOptimizer {
   // The global norm of the unscaled gradients, clipped to max_norm (optim::clip_grad_norm's
   // rule); NaN or Inf when a gradient is, which step() then skips.
   double clip_grad_norm(double max_norm);
+  // The global norm of the unscaled gradients, unclipped.
+  double grad_norm();
   // Steps the masters and copies them into the model's 16-bit parameters, or, when a gradient
   // is not finite, skips the step (and backs the scale off). Returns whether it stepped.
   bool step();
@@ -94,6 +106,7 @@ class MixedPrecisionOptimizer {
   Optimizer& optimizer() { return *optimizer_; }
   const NamedParameters& master_parameters() const { return masters_; }
   const LossScaler& scaler() const { return scaler_; }
+  void load_scaler_state(const LossScaler::State& state) { scaler_.load_state(state); }
 
  private:
   NamedParameters parameters_;  // the model's, in compute_dtype

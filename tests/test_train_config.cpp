@@ -97,6 +97,10 @@ TEST_CASE("wrong types, bad values and missing keys are errors naming the path",
   CHECK_THAT(error_of(json), Contains("training.on_nonfinite: expected \"stop\" or \"skip\""));
 
   json = minimal_config();
+  json["training"]["precision"] = "fp8";
+  CHECK_THAT(error_of(json), Contains("training.precision: expected \"fp32\", \"bf16\" or \"f16\", got \"fp8\""));
+
+  json = minimal_config();
   json["training"]["device"] = "gpu";
   CHECK_THAT(error_of(json), Contains("training.device: expected \"cpu\" or \"cuda\", got \"gpu\""));
 

@@ -130,6 +130,7 @@ TrainConfig TrainConfig::from_json(nlohmann::json json, const std::vector<std::s
     training.read("grad_clip", config.training.grad_clip);
     training.read("on_nonfinite", config.training.on_nonfinite);
     training.read("device", config.training.device);
+    training.read("precision", config.training.precision);
     check_positive(training, "max_steps", config.training.max_steps);
     check_positive(training, "batch_size", config.training.batch_size);
     check_positive(training, "grad_accumulation", config.training.grad_accumulation);
@@ -139,6 +140,9 @@ TrainConfig TrainConfig::from_json(nlohmann::json json, const std::vector<std::s
                config.training.on_nonfinite, "\"");
     KILN_CHECK(config.training.device == "cpu" || config.training.device == "cuda", training.where("device"),
                ": expected \"cpu\" or \"cuda\", got \"", config.training.device, "\"");
+    const std::string& precision = config.training.precision;
+    KILN_CHECK(precision == "fp32" || precision == "bf16" || precision == "f16", training.where("precision"),
+               ": expected \"fp32\", \"bf16\" or \"f16\", got \"", precision, "\"");
     training.finish();
 
     if (reader.has("optimizer")) config.optimizer = read_optimizer(reader.raw("optimizer"), config.optimizer_type);
@@ -270,7 +274,8 @@ nlohmann::json TrainConfig::to_json() const {
       {"training",
        {{"max_steps", training.max_steps}, {"batch_size", training.batch_size},
         {"grad_accumulation", training.grad_accumulation}, {"grad_clip", training.grad_clip},
-        {"on_nonfinite", training.on_nonfinite}, {"device", training.device}}},
+        {"on_nonfinite", training.on_nonfinite}, {"device", training.device},
+        {"precision", training.precision}}},
       {"eval",
        {{"interval", eval.interval}, {"batches", eval.batches}, {"sample_interval", eval.sample_interval},
         {"samples", eval.samples}, {"sample_tokens", eval.sample_tokens}, {"prompt", eval.prompt},

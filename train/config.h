@@ -47,6 +47,10 @@ struct TrainingConfig {
   // "cpu", or "cuda": each rank trains on one GPU (TrainerOptions::gpu; kiln-train gives rank r of
   // a node the node's GPU r), with gradients averaged through NCCL where kiln has it.
   std::string device = "cpu";
+  // "fp32", or "bf16" / "f16": the model computes in 16 bits over fp32 master weights that the
+  // optimizer updates (optim::MixedPrecisionOptimizer; f16 with dynamic loss scaling), gradients
+  // averaged in fp32. Checkpoints hold the fp32 masters. Data parallelism (zero_stage 0) only.
+  std::string precision = "fp32";
 };
 
 struct EvalConfig {

@@ -66,6 +66,11 @@ Trainer::Trainer(TrainConfig config, std::shared_ptr<parallel::Communicator> wor
       KILN_FAIL("training.device is \"cuda\" but rank ", rank_, " cannot use GPU ", options_.gpu, ": ", error.what());
     }
   }
+  if (config_.training.precision != "fp32") {
+    KILN_CHECK(config_.parallel.zero_stage == 0 && !config_.parallel.model_parallel(), "training.precision \"",
+               config_.training.precision, "\" is supported with parallel.zero_stage 0 and without tensor, pipeline, "
+               "context or expert parallelism (got zero_stage ", config_.parallel.zero_stage, ")");
+  }
   micro_batch_ = config_.micro_batch_size(world_size_);
   data_rank_ = rank_;
   data_ranks_ = world_size_;
@@ -142,6 +147,18 @@ void Trainer::build_model_and_optimizer() {
         *model_, gradient_communicator(), optim::weight_decay_groups(parameters),
         [type, options](std::vector<optim::ParamGroup> groups) { return make_optimizer(type, std::move(groups), *options); },
         parallel::ZeroOptions().stage(static_cast<int>(config_.parallel.zero_stage)).bucket_bytes(bucket_bytes));
+  } else if (config_.training.precision != "fp32") {
+    // The parameters turn 16-bit here (in place), before DDP buckets them by dtype; their
+    // gradients are averaged in fp32, one rounding back to 16 bits.
+    const std::string type = config_.optimizer_type;
+    std::shared_ptr<const optim::OptimizerOptions> options = config_.optimizer;
+    mixed_ = std::make_unique<optim::MixedPrecisionOptimizer>(
+        parameters, config_.training.precision == "bf16" ? DType::bf16 : DType::f16,
+        [type, options](std::vector<optim::ParamGroup> groups) { return make_optimizer(type, std::move(groups), *options); });
+    if (world_size_ > 1) {
+      ddp_ = std::make_unique<parallel::DistributedDataParallel>(
+          *model_, gradient_communicator(), parallel::DDPOptions().bucket_bytes(bucket_bytes).reduce_dtype(DType::f32));
+    }
   } else {
     optimizer_ = make_optimizer(config_.optimizer_type, optim::weight_decay_groups(parameters), *config_.optimizer);
     // Alone, gradients need no averaging (and DDP's bucket copies would be pure overhead).
@@ -228,6 +245,8 @@ NamedParameters Trainer::trained_parameters() const {
 void Trainer::zero_grad() {
   if (zero_) {
     zero_->zero_grad();
+  } else if (mixed_) {
+    mixed_->zero_grad();
   } else {
     optimizer_->zero_grad();
   }
@@ -254,7 +273,8 @@ StepStats Trainer::step() {
     auto backward = [&] {
       Tensor loss = model_->loss(batch.inputs, batch.targets);  // (B, T) -> scalar
       loss_sum += loss.item();
-      (micro_steps > 1 ? loss * (1.0 / static_cast<double>(micro_steps)) : loss).backward();
+      Tensor objective = mixed_ ? mixed_->scale_loss(loss) : loss;  // f16: times the loss scale
+      (micro_steps > 1 ? objective * (1.0 / static_cast<double>(micro_steps)) : objective).backward();
     };
     // DDP communicates only in the last micro-step's backward, with the accumulated gradients.
     if (ddp_ && micro + 1 < micro_steps) {
@@ -282,6 +302,10 @@ StepStats Trainer::step() {
   if (runner_) {
     // Every parameter counted once across the ranks that hold it (ZeRO-1: from its shards).
     stats.grad_norm = runner_->clip_grad_norm(std::max(config_.training.grad_clip, 0.0), zero_.get());
+  } else if (mixed_) {
+    // Of the fp32 master gradients, unscaled (NaN or Inf when a 16-bit gradient overflowed).
+    stats.grad_norm = config_.training.grad_clip > 0 ? mixed_->clip_grad_norm(config_.training.grad_clip)
+                                                      : mixed_->grad_norm();
   } else if (zero_) {
     // The global norm from the shards (the full gradients no longer exist at stages 2 and 3).
     stats.grad_norm = config_.training.grad_clip > 0 ? zero_->clip_grad_norm(config_.training.grad_clip) : zero_->grad_norm();
@@ -292,16 +316,26 @@ StepStats Trainer::step() {
   } else {
     stats.grad_norm = optim::grad_norm(parameters);
   }
+  // f16's loss scale overflowing the gradients is routine: the step is skipped and the scale
+  // backed off (as torch's GradScaler does), whatever training.on_nonfinite says.
+  const bool scale_overflow = mixed_ && mixed_->scaler().enabled() && std::isfinite(stats.loss);
   if (std::isfinite(stats.loss) && std::isfinite(stats.grad_norm)) {
     if (zero_) {
       zero_->step();
+    } else if (mixed_) {
+      mixed_->step();
     } else {
       optimizer_->step();
     }
+  } else if (scale_overflow) {
+    mixed_->step();  // skips, and backs the scale off
+    stats.skipped = true;
   } else if (config_.training.on_nonfinite == "skip") {
     stats.skipped = true;
   } else {
-    std::vector<std::string> bad = zero_ ? std::vector<std::string>() : optim::nonfinite_gradients(parameters);
+    std::vector<std::string> bad = zero_    ? std::vector<std::string>()
+                                   : mixed_ ? optim::nonfinite_gradients(mixed_->master_parameters())
+                                            : optim::nonfinite_gradients(parameters);
     std::string names;
     for (size_t i = 0; i < bad.size() && i < 5; ++i) names += (i ? ", " : "") + bad[i];
     if (bad.size() > 5) names += ", ...";

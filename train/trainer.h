@@ -44,6 +44,7 @@
 #include "data/loader.h"
 #include "data/tokenizer.h"
 #include "nn/transformer.h"
+#include "optim/mixed_precision.h"
 #include "optim/optimizer.h"
 #include "optim/schedule.h"
 #include "parallel/communicator.h"
@@ -107,8 +108,10 @@ class Trainer {
   nn::Transformer& model();
   // This rank's part of the model under model parallelism, else null.
   parallel::ModelParallelRunner* model_parallel() { return runner_.get(); }
+  // The fp32 masters and loss scaler with training.precision bf16 / f16, else null.
+  const optim::MixedPrecisionOptimizer* mixed_precision() const { return mixed_.get(); }
   // The optimizer the schedule drives (with ZeRO, the one over this rank's shards).
-  optim::Optimizer& optimizer() { return zero_ ? zero_->optimizer() : *optimizer_; }
+  optim::Optimizer& optimizer() { return zero_ ? zero_->optimizer() : mixed_ ? mixed_->optimizer() : *optimizer_; }
   const data::Tokenizer& tokenizer() const { return *tokenizer_; }
   int64_t steps_done() const { return step_; }
   const std::filesystem::path& run_dir() const { return run_dir_; }
@@ -152,6 +155,7 @@ class Trainer {
   Generator generator_;  // parameter init, then this rank's dropout stream
   std::shared_ptr<nn::Transformer> model_;
   std::unique_ptr<optim::Optimizer> optimizer_;       // parallel.zero_stage 0
+  std::unique_ptr<optim::MixedPrecisionOptimizer> mixed_;  // instead, with training.precision bf16 / f16
   std::unique_ptr<parallel::ZeroOptimizer> zero_;      // stages 1-3
   std::unique_ptr<parallel::DistributedDataParallel> ddp_;  // stage 0 with more than one rank
   std::shared_ptr<const parallel::Mesh> mesh_;               // model parallelism only

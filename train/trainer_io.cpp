@@ -65,7 +65,16 @@ std::filesystem::path Trainer::save() {
   } else {
     if (rank_ == 0) {
       checkpoint.model = model_->state_dict();
-      checkpoint.optimizer = optimizer_->state_dict();
+      if (mixed_) {
+        // The fp32 masters, not their 16-bit copies: a checkpoint is the same at any precision.
+        for (const NamedParameter& master : mixed_->master_parameters()) checkpoint.model[master.name] = master.tensor.detach();
+        if (mixed_->scaler().enabled()) {
+          optim::LossScaler::State scaler = mixed_->scaler().state();
+          checkpoint.state["loss_scaler"] = {
+              {"scale", scaler.scale}, {"good_steps", scaler.good_steps}, {"skipped", scaler.skipped}};
+        }
+      }
+      checkpoint.optimizer = optimizer().state_dict();
       parallel::save_checkpoint(run_dir_, checkpoint, config_.checkpoint.keep_last);
     }
     world_->barrier();
@@ -91,6 +100,18 @@ void Trainer::restore(const std::filesystem::path& path) {
     model_->load_state_dict(checkpoint.model);
     if (zero_) zero_->reshard();
   }
+  if (mixed_) {
+    // The masters take the checkpoint's values exactly; the model has their 16-bit rounding.
+    NoGradGuard no_grad;
+    for (const NamedParameter& master : mixed_->master_parameters()) {
+      Tensor(master.tensor).copy_(checkpoint.model.at(master.name));
+    }
+    if (checkpoint.state.contains("loss_scaler")) {
+      const nlohmann::json& scaler = checkpoint.state["loss_scaler"];
+      mixed_->load_scaler_state({scaler.at("scale").get<double>(), scaler.at("good_steps").get<int64_t>(),
+                                 scaler.at("skipped").get<int64_t>()});
+    }
+  }
   // A sharded (ZeRO) checkpoint from any number of ranks, or an unsharded one, loads into either
   // kind of optimizer.
   optim::OptimizerStateDict saved = checkpoint.optimizer;
@@ -113,7 +134,7 @@ void Trainer::restore(const std::filesystem::path& path) {
   if (zero_) {
     zero_->load_state_dict(saved);
   } else {
-    optimizer_->load_state_dict(saved);
+    optimizer().load_state_dict(saved);
   }
   step_ = checkpoint.step;
   train_loader_->restore(data::LoaderPosition::from_json(state_field(checkpoint.state, "loader", path), "state.loader"));
@@ -169,7 +190,8 @@ std::string Trainer::describe() const {
   const std::string layout = mesh_ ? mesh_->shape().describe() + ", " + config_.parallel.pipeline_schedule +
                                          (config_.parallel.sequence_parallel ? ", sequence parallel" : "")
                                    : std::string("data parallel");
-  const std::string where = device_.is_cuda() ? layout + ", one GPU per rank" : layout;
+  std::string where = device_.is_cuda() ? layout + ", one GPU per rank" : layout;
+  if (mixed_) where += ", " + config_.training.precision + " with fp32 masters";
   std::snprintf(text, sizeof(text),
                 "kiln-train: %s model, %.2fM parameters (%lld layers, %lld heads, d_model %lld, vocab %lld, block "
                 "%lld)\n  %d rank(s) (%s), global batch %lld = %d x micro-batch %lld x %lld accumulation, %s tokens/step, "
